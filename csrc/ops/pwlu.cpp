@@ -1,0 +1,15 @@
+// Schemas of the pwlu_mmdet operators. Kernels: cpu/pwlu_kernel.cpp, cuda/pwlu_kernel.cu;
+// autograd and fake (meta) kernels are registered in Python (pwlu_mmdet/ops/_op.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(pwlu_mmdet, m) {
+  m.def(
+      "pwlu(Tensor x, Tensor points, Tensor left_bound, Tensor right_bound, "
+      "Tensor left_slope, Tensor right_slope) -> Tensor");
+  // Gradients w.r.t. (x, points, left_bound, right_bound, left_slope, right_slope). Those not
+  // asked for come back as empty tensors of shape (0,): phase I skips the parameter reductions.
+  m.def(
+      "pwlu_backward(Tensor grad_output, Tensor x, Tensor points, Tensor left_bound, "
+      "Tensor right_bound, Tensor left_slope, Tensor right_slope, bool input_grad, "
+      "bool param_grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,39 @@
+"""The PWLU operator.
+
+``pwlu`` runs the compiled CPU/CUDA kernels (``torch.ops.pwlu_mmdet.pwlu``) and falls back to
+``pwlu_reference`` with one warning when the extension is not available.
+"""
+import torch
+
+from ._op import compiled_available, warn_fallback
+from .reference import pwlu_reference
+
+__all__ = ['pwlu', 'pwlu_reference', 'compiled_available']
+
+if compiled_available():
+
+    def pwlu(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tensor,
+             right_bound: torch.Tensor, left_slope: torch.Tensor,
+             right_slope: torch.Tensor) -> torch.Tensor:
+        """Piecewise Linear Unit (EQUATIONS.md, Eq. 1-4), compiled CPU/CUDA kernels.
+
+        Args:
+            x (Tensor): Input of shape ``(N, C)`` or ``(N, C, *spatial)``; channel dim is 1.
+                Any floating dtype; float16/bfloat16 are computed in float32.
+            points (Tensor): ``Y_0..Y_K`` of shape ``(C, K+1)`` (channel-wise) or ``(1, K+1)``
+                (layer-wise, shared by all channels).
+            left_bound (Tensor): ``B_L`` of shape ``(C,)`` or ``(1,)``.
+            right_bound (Tensor): ``B_R``, same shape; ``B_R > B_L``.
+            left_slope (Tensor): ``K_L``, same shape.
+            right_slope (Tensor): ``K_R``, same shape.
+
+        Returns:
+            Tensor: ``y`` with ``x``'s shape, dtype and memory format. Differentiable w.r.t. all
+            six inputs (Table 1 of EQUATIONS.md).
+        """
+        return torch.ops.pwlu_mmdet.pwlu.default(x, points, left_bound, right_bound, left_slope,
+                                                 right_slope)
+
+else:
+    warn_fallback()
+    pwlu = pwlu_reference

@@ -1,0 +1,62 @@
+"""Pure-PyTorch PWLU: the readable definition the compiled op is tested against.
+
+It follows EQUATIONS.md (Eq. 1-4) literally; autograd differentiates it with the interval index
+treated as a constant, which yields exactly the gradients of Table 1.
+"""
+import torch
+
+from ._checks import check_pwlu_args
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype PWLU computes in: ``x``'s, but float32 for float16 and bfloat16 (as the kernels)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def pwlu_reference(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tensor,
+                   right_bound: torch.Tensor, left_slope: torch.Tensor,
+                   right_slope: torch.Tensor) -> torch.Tensor:
+    """Piecewise Linear Unit, pure PyTorch (slow, differentiable, any device).
+
+    Same signature, shapes and dtype rules as :func:`pwlu_mmdet.ops.pwlu`.
+    """
+    num_sets, n = check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope)
+    dtype = compute_dtype(x)
+    channels = x.shape[1]
+    # Work on (C, M): one row per channel, every other dim flattened.
+    xc = x.to(dtype).transpose(0, 1).reshape(channels, -1)
+    pts = points.to(dtype).expand(channels, n + 1)
+    lb, rb, ls, rs = (p.to(dtype).expand(channels).unsqueeze(1)
+                      for p in (left_bound, right_bound, left_slope, right_slope))
+
+    d = (rb - lb) / n
+    with torch.no_grad():
+        t = (xc - lb) * (n / (rb - lb))
+        below = t < 0
+        above = t >= n
+        idx = torch.nan_to_num(t, nan=0.0).clamp(0, n - 1).floor().long()
+    b_idx = lb + idx * d
+    y_idx = pts.gather(1, idx)
+    k_idx = (pts.gather(1, idx + 1) - y_idx) / d
+    inside = (xc - b_idx) * k_idx + y_idx
+    left = (xc - lb) * ls + pts[:, :1]
+    right = (xc - rb) * rs + pts[:, -1:]
+    # At x = +-inf with a zero outer slope the limit is the end point, not 0 * inf = NaN.
+    infinite = torch.isinf(xc)
+    left = torch.where(infinite & (ls == 0), pts[:, :1].expand_as(left), left)
+    right = torch.where(infinite & (rs == 0), pts[:, -1:].expand_as(right), right)
+    y = torch.where(below, left, torch.where(above, right, inside))
+
+    y = y.reshape((channels, x.shape[0]) + tuple(x.shape[2:])).transpose(0, 1)
+    return y.to(x.dtype).contiguous(memory_format=suggest_memory_format(x))
+
+
+def suggest_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format PWLU's output keeps: channels-last if ``x`` is, else contiguous."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
+            and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
