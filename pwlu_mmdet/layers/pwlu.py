@@ -1,0 +1,432 @@
+"""The PWLU activation layer (EQUATIONS.md) with statistic-based realignment (Sec. 3.3).
+
+Only torch is needed to use the layer; when mmengine is installed the class is also registered
+in mmengine's root ``MODELS`` registry, which every OpenMMLab scope (``mmdet``, ``mmcv``'s
+``build_activation_layer``) falls back to, so ``dict(type='PWLU', num_channels=64)`` builds with
+or without a default scope.
+"""
+import warnings
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..ops import compiled_available, pwlu
+
+__all__ = ['PWLU', 'alignment_iou']
+
+_PHASE_I = 1
+_PHASE_II = 2
+_PARAM_NAMES = ('points', 'left_bound', 'right_bound', 'left_slope', 'right_slope')
+
+
+def alignment_iou(left_bound: torch.Tensor, right_bound: torch.Tensor, mean: torch.Tensor,
+                  std: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
+    """Alignment IoU of Eq. 7: ``|A n B| / |A u B|`` of two intervals on the real line.
+
+    ``A = [left_bound, right_bound]`` is the learnable range and ``B = [mean - sigma * std,
+    mean + sigma * std]`` the input's range. Degenerate (zero-length) unions count as IoU 1 when
+    the intervals coincide and 0 otherwise.
+
+    Args:
+        left_bound (Tensor): ``B_L`` per parameter set.
+        right_bound (Tensor): ``B_R``, same shape.
+        mean (Tensor): Input mean per parameter set.
+        std (Tensor): Input standard deviation per parameter set.
+        sigma (float): Width of the input range in standard deviations. Defaults to 3.0.
+
+    Returns:
+        Tensor: IoU per parameter set, float32, in ``[0, 1]``.
+    """
+    a_lo, a_hi = left_bound.float(), right_bound.float()
+    b_lo, b_hi = (mean - sigma * std).float(), (mean + sigma * std).float()
+    inter = (torch.minimum(a_hi, b_hi) - torch.maximum(a_lo, b_lo)).clamp_min(0)
+    union = torch.maximum(a_hi, b_hi) - torch.minimum(a_lo, b_lo)
+    same = (a_lo == b_lo) & (a_hi == b_hi)
+    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(torch.float32).tiny),
+                       same.float())
+
+
+class PWLU(nn.Module):
+    """Piecewise Linear Unit with statistic-based realignment.
+
+    Training has two phases (EQUATIONS.md, "Statistic-based realignment"):
+
+    * Phase I (until :meth:`realign`): the output is exactly ``torch.relu(x)``. In training mode
+      every non-empty forward updates per-channel running statistics of the input (float32 EMA
+      of the mean and of the standard deviation, as BatchNorm); eval mode never updates them.
+      The parameters do not take part in the forward and have ``requires_grad=False``, so no
+      optimizer can move them (not even by weight decay or momentum) and
+      ``DistributedDataParallel`` built in phase I does not reduce (nor wait for) their
+      gradients. Use :class:`pwlu_mmdet.engine.PWLUOptimWrapperConstructor` so that they are in
+      the optimizer anyway, and :class:`pwlu_mmdet.engine.PWLUHook` to switch phases and to
+      synchronise their gradients under DDP in phase II.
+    * Phase II: :meth:`realign` resets the parameters from the statistics (Eq. 6, the
+      ``sigma`` rule), sets ``requires_grad=True`` and the layer computes the PWLU (Eq. 1-4) with
+      the compiled op; all parameters are then trained normally.
+
+    The phase is a persistent buffer, so it follows the checkpoint (resume before or after the
+    switch, test-time loading); ``requires_grad`` follows the loaded phase.
+
+    Args:
+        num_channels (int, optional): Number of channels ``C`` (dim 1 of the input). Required
+            when ``mode='channel'``; checked against the input when given in ``'layer'`` mode.
+        num_intervals (int): Number of intervals ``N``; even, so that zero is a demarcation
+            point of the ReLU initialisation. Defaults to 16 (the paper's setting).
+        mode (str): ``'channel'`` (one parameter set and statistics per channel) or
+            ``'layer'`` (one set shared by all channels). Defaults to ``'channel'``.
+        init_bound (float): Initial range ``[-init_bound, init_bound]`` of the ReLU
+            initialisation; only used by a layer that is never realigned (phase I computes
+            ``relu`` directly). Defaults to 3.0, the 3-sigma range of unit-variance input.
+        momentum (float): EMA momentum ``m`` of the running statistics. Defaults to 0.1.
+        sigma (float): Width of the reset range in standard deviations (Eq. 6). Defaults to 3.0.
+        inplace (bool): Accepted for compatibility with MMCV's ``ConvModule``, which passes it to
+            every activation; ignored (the output is always a new tensor, because autograd needs
+            the input of the PWLU backward). Defaults to False.
+        range_eps (float): Smallest allowed range, relative to ``max(1, |B_L|, |B_R|)``. If
+            training pushes ``B_R`` below ``B_L + range_eps * scale``, the forward uses
+            ``B_L + range_eps * scale`` instead (a clamp, differentiable almost everywhere), so the
+            op never divides by zero or flips its range. Defaults to 1e-3.
+        eval_impl (str): How eval mode computes phase II. ``'auto'``: the compiled op (it builds
+            the Sec. 4.3 tables per call, so nothing can go stale) when it is available, else
+            ``'table'``. ``'table'``: standard torch ops on Sec. 4.3 tables that are cached
+            between calls and rebuilt when a parameter, its device or dtype changes. ONNX export
+            and tracing always use the table form without the cache (the custom op does not
+            export). Defaults to ``'auto'``.
+
+    Shape:
+        - Input: ``(N, C)`` or ``(N, C, *spatial)``.
+        - Output: same shape, dtype and memory format as the input.
+    """
+
+    def __init__(self,
+                 num_channels: Optional[int] = None,
+                 num_intervals: int = 16,
+                 mode: str = 'channel',
+                 init_bound: float = 3.0,
+                 momentum: float = 0.1,
+                 sigma: float = 3.0,
+                 inplace: bool = False,
+                 range_eps: float = 1e-3,
+                 eval_impl: str = 'auto') -> None:
+        super().__init__()
+        if mode not in ('channel', 'layer'):
+            raise ValueError(f"PWLU: mode must be 'channel' or 'layer', got {mode!r}")
+        if mode == 'channel' and num_channels is None:
+            raise ValueError("PWLU: num_channels is required when mode='channel'")
+        if num_channels is not None and int(num_channels) < 1:
+            raise ValueError(f'PWLU: num_channels must be positive, got {num_channels}')
+        if int(num_intervals) != num_intervals or num_intervals < 2 or num_intervals % 2:
+            raise ValueError('PWLU: num_intervals must be an even integer >= 2 (zero must be a '
+                             f'demarcation point of the ReLU initialisation), got {num_intervals}')
+        if not init_bound > 0:
+            raise ValueError(f'PWLU: init_bound must be positive, got {init_bound}')
+        if not 0 < momentum <= 1:
+            raise ValueError(f'PWLU: momentum must be in (0, 1], got {momentum}')
+        if not sigma > 0:
+            raise ValueError(f'PWLU: sigma must be positive, got {sigma}')
+        if not range_eps > 0:
+            raise ValueError(f'PWLU: range_eps must be positive, got {range_eps}')
+        if eval_impl not in ('auto', 'table'):
+            raise ValueError(f"PWLU: eval_impl must be 'auto' or 'table', got {eval_impl!r}")
+        self.num_channels = None if num_channels is None else int(num_channels)
+        self.num_intervals = int(num_intervals)
+        self.mode = mode
+        self.init_bound = float(init_bound)
+        self.momentum = float(momentum)
+        self.sigma = float(sigma)
+        self.inplace = inplace  # ignored, see the docstring
+        self.range_eps = float(range_eps)
+        self.eval_impl = eval_impl
+
+        sets = self.num_channels if mode == 'channel' else 1
+        n = self.num_intervals
+        self.points = nn.Parameter(torch.empty(sets, n + 1))
+        self.left_bound = nn.Parameter(torch.empty(sets))
+        self.right_bound = nn.Parameter(torch.empty(sets))
+        self.left_slope = nn.Parameter(torch.empty(sets))
+        self.right_slope = nn.Parameter(torch.empty(sets))
+        # Statistics are float32 whatever the input dtype (AMP), like BatchNorm's.
+        self.register_buffer('running_mean', torch.zeros(sets))
+        self.register_buffer('running_std', torch.ones(sets))
+        self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
+        self.register_buffer('phase', torch.tensor(_PHASE_I, dtype=torch.long))
+        # Python mirror of ``phase``: reading the buffer in every forward would synchronise the
+        # GPU. It is refreshed by realign(), reset_parameters() and _load_from_state_dict().
+        self._realigned = False
+        self._table_cache = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ phase and parameters
+    @property
+    def num_sets(self) -> int:
+        """Number of parameter sets: ``C`` channel-wise, 1 layer-wise."""
+        return self.points.shape[0]
+
+    @property
+    def realigned(self) -> bool:
+        """Whether :meth:`realign` has run (phase II)."""
+        return self._realigned
+
+    def reset_parameters(self) -> None:
+        """Initialise as ReLU on ``[-init_bound, init_bound]``, clear statistics, enter phase I."""
+        with torch.no_grad():
+            self._write_relu(
+                torch.full_like(self.left_bound, -self.init_bound),
+                torch.full_like(self.right_bound, self.init_bound))
+            self.running_mean.zero_()
+            self.running_std.fill_(1.0)
+            self.num_batches_tracked.zero_()
+            self.phase.fill_(_PHASE_I)
+        self._set_phase(False)
+
+    def _set_phase(self, realigned: bool) -> None:
+        self._realigned = bool(realigned)
+        # Phase I: frozen for real (see the class docstring). Phase II: trained.
+        for p in self._pwlu_parameters():
+            p.requires_grad_(self._realigned)
+
+    def _pwlu_parameters(self):
+        return [getattr(self, name) for name in _PARAM_NAMES]
+
+    def _write_relu(self, left_bound: torch.Tensor, right_bound: torch.Tensor) -> None:
+        """Write ReLU on ``[left_bound, right_bound]`` in place (Eq. 6 / the initialisation)."""
+        n = self.num_intervals
+        left_bound = left_bound.to(self.left_bound.dtype)
+        right_bound = right_bound.to(self.right_bound.dtype)
+        # Demarcation points exactly as the op places them: B_i = B_L + i * ((B_R - B_L) / N).
+        step = (right_bound - left_bound) / n
+        i = torch.arange(n + 1, device=step.device, dtype=step.dtype)
+        demarcation = left_bound.unsqueeze(1) + i * step.unsqueeze(1)
+        self.points.copy_(torch.relu(demarcation))
+        self.left_bound.copy_(left_bound)
+        self.right_bound.copy_(right_bound)
+        self.left_slope.zero_()
+        self.right_slope.fill_(1.0)
+
+    def _min_width(self, left_bound: torch.Tensor, right_bound: torch.Tensor) -> torch.Tensor:
+        # Relative to the bounds' magnitude so that (x - B_L) * N / (B_R - B_L) keeps float32
+        # precision; detached: the minimum is a constraint, not something to learn.
+        scale = torch.maximum(left_bound.detach().abs(), right_bound.detach().abs())
+        return self.range_eps * scale.clamp_min(1.0)
+
+    def valid_range(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(B_L, B_R)`` as passed to the op, with ``B_R >= B_L + range_eps * scale``.
+
+        Where the range is valid ``B_R`` is returned bit-exact (``torch.where``, not
+        ``B_L + width``), so the clamp never perturbs a healthy layer. Where it is not,
+        ``B_L + min_width`` is used: the gradient then reaches ``B_L`` (shifting the range) but
+        not ``B_R``, and the range recovers once ``B_L`` moves away.
+        """
+        lb, rb = self.left_bound, self.right_bound
+        min_width = self._min_width(lb, rb)
+        return lb, torch.where(rb - lb >= min_width, rb, lb + min_width)
+
+    # ------------------------------------------------------------------------- statistics
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f'PWLU expects (N, C) or (N, C, *spatial) input, got shape '
+                             f'{tuple(x.shape)}')
+        if self.num_channels is not None and x.shape[1] != self.num_channels:
+            raise ValueError(f'PWLU was built for {self.num_channels} channels but the input '
+                             f'has {x.shape[1]} (shape {tuple(x.shape)})')
+
+    @torch.no_grad()
+    def _update_statistics(self, x: torch.Tensor) -> None:
+        xf = x.detach().float()
+        if self.mode == 'channel':
+            dims = [0] + list(range(2, x.dim()))
+            var, mean = torch.var_mean(xf, dim=dims, correction=0)
+        else:
+            var, mean = torch.var_mean(xf, correction=0)
+            var, mean = var.reshape(1), mean.reshape(1)
+        # Population std (correction=0): defined for a single element per channel, and the
+        # paper's std(x) of the batch.
+        m = self.momentum
+        self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
+        self.running_std.mul_(1 - m).add_(var.sqrt().to(self.running_std.dtype), alpha=m)
+        self.num_batches_tracked.add_(1)
+
+    @torch.no_grad()
+    def global_statistics(self, distributed: Optional[bool] = None
+                          ) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        """Running statistics combined over all ranks.
+
+        Under ``torch.distributed`` each rank tracks its own statistics (mmengine wraps models
+        with ``broadcast_buffers=False``). Every rank that tracked at least one batch counts as
+        one equally weighted component of a mixture (ranks see equal batch counts in DDP), and
+        the mixture's mean and variance are ``mean = E_r[mu_r]`` and
+        ``var = E_r[sigma_r^2 + mu_r^2] - mean^2`` -- combining means and variances, not
+        averaging standard deviations. Reduced in float64 to keep the difference accurate.
+        This is a collective: every rank must call it, in the same order for every layer.
+
+        Args:
+            distributed (bool, optional): Whether to all-reduce. ``None``: when
+                ``torch.distributed`` is initialised with more than one rank.
+
+        Returns:
+            tuple[Tensor, Tensor, int]: mean and std (float32, per set), and the number of
+            ranks (1 without distribution) that contributed statistics; 0 means no rank saw
+            any training batch and the returned values are the buffers' initial ones.
+        """
+        if distributed is None:
+            distributed = (dist.is_available() and dist.is_initialized()
+                           and dist.get_world_size() > 1)
+        mean = self.running_mean.double()
+        std = self.running_std.double()
+        tracked = float(self.num_batches_tracked.item() > 0)
+        if not distributed:
+            return mean.float(), std.float(), int(tracked)
+        buf = torch.cat([mean.new_tensor([tracked]), tracked * mean,
+                         tracked * (std * std + mean * mean)])
+        dist.all_reduce(buf)
+        count = int(round(buf[0].item()))
+        if count == 0:
+            return mean.float(), std.float(), 0
+        s = self.num_sets
+        g_mean = buf[1:1 + s] / count
+        g_var = (buf[1 + s:] / count - g_mean * g_mean).clamp_min(0)
+        return g_mean.float(), g_var.sqrt().float(), count
+
+    @torch.no_grad()
+    def realign(self, distributed: Optional[bool] = None) -> None:
+        """Eq. 6 reset from the running statistics, then phase II.
+
+        ``B_L = mu - sigma * std``, ``B_R = mu + sigma * std``, ``Y_i = ReLU(B_i)``, ``K_L = 0``,
+        ``K_R = 1``, written in place so that an optimizer built before keeps training the same
+        tensors. Under ``torch.distributed`` the statistics of all ranks are combined first
+        (:meth:`global_statistics`), and written back to the buffers, so every rank resets to
+        identical parameters; it is then a collective that every rank must call.
+
+        Args:
+            distributed (bool, optional): See :meth:`global_statistics`.
+        """
+        mean, std, count = self.global_statistics(distributed)
+        if count == 0:
+            warnings.warn('PWLU.realign(): no training batch was seen (num_batches_tracked == 0 '
+                          'on every rank); resetting from the initial statistics (mean 0, std '
+                          '1).', RuntimeWarning, stacklevel=2)
+        self.running_mean.copy_(mean)
+        self.running_std.copy_(std)
+        mean = mean.to(self.left_bound.dtype)
+        half = (self.sigma * std).to(self.left_bound.dtype)
+        left, right = mean - half, mean + half
+        # A constant channel (std 0) would give an empty range: widen it to the minimum the
+        # forward allows, so that the reset is exactly what the forward computes.
+        min_width = self._min_width(left, right)
+        right = torch.where(right - left >= min_width, right, left + min_width)
+        self._write_relu(left, right)
+        self.phase.fill_(_PHASE_II)
+        self._set_phase(True)
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the activation. See the class docstring for the phases."""
+        self._check_input(x)
+        if not self._realigned:
+            if self.training and x.numel() > 0:
+                self._update_statistics(x)
+            # Exactly ReLU (the table form is not bit-exact ReLU for every initialisation).
+            return torch.relu(x)
+        if not self.training:
+            if _exporting():
+                return self._table_forward(x, self._build_tables())
+            wants_param_grads = torch.is_grad_enabled() and any(
+                p.requires_grad for p in self._pwlu_parameters())
+            if not wants_param_grads and (self.eval_impl == 'table' or not compiled_available()):
+                return self._table_forward(x, self._cached_tables())
+        left_bound, right_bound = self.valid_range()
+        return pwlu(x, self.points, left_bound, right_bound, self.left_slope, self.right_slope)
+
+    # --------------------------------------------------------------------- Sec. 4.3 tables
+    def _build_tables(self) -> Tuple[torch.Tensor, ...]:
+        """``(B_L, N / (B_R - B_L), S, O)`` with ``S, O`` of shape ``(sets, N + 2)``.
+
+        Built from the valid range exactly as the compiled kernels build theirs
+        (``csrc/ops/pwlu_element.h``), in float32 (float64 for float64 parameters).
+        """
+        n = self.num_intervals
+        dtype = torch.float64 if self.points.dtype == torch.float64 else torch.float32
+        lb, rb = (t.to(dtype) for t in self.valid_range())
+        pts = self.points.to(dtype)
+        ls, rs = self.left_slope.to(dtype), self.right_slope.to(dtype)
+        inv_width = n / (rb - lb)
+        step = (rb - lb) / n
+        i = torch.arange(n, device=pts.device, dtype=dtype)
+        inner_slope = (pts[:, 1:] - pts[:, :-1]) * inv_width.unsqueeze(1)
+        demarcation = lb.unsqueeze(1) + i * step.unsqueeze(1)
+        inner_intercept = pts[:, :-1] - demarcation * inner_slope
+        slopes = torch.cat([ls.unsqueeze(1), inner_slope, rs.unsqueeze(1)], dim=1)
+        intercepts = torch.cat([(pts[:, 0] - lb * ls).unsqueeze(1), inner_intercept,
+                                (pts[:, n] - rb * rs).unsqueeze(1)], dim=1)
+        return lb, inv_width, slopes, intercepts
+
+    def _cache_key(self) -> tuple:
+        # _version changes with every in-place write (optimizer step, load_state_dict's copy_,
+        # realign); data_ptr/device/dtype change with .to()/.half()/parameter replacement.
+        return tuple((p._version, p.data_ptr(), p.device, p.dtype)
+                     for p in self._pwlu_parameters())
+
+    @torch.no_grad()
+    def _cached_tables(self) -> Tuple[torch.Tensor, ...]:
+        key = self._cache_key()
+        if self._table_cache is None or self._table_cache[0] != key:
+            self._table_cache = (key, self._build_tables())
+        return self._table_cache[1]
+
+    def _table_forward(self, x: torch.Tensor, tables: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``y = x * S_j + O_j`` with standard ops only (exports to plain ONNX)."""
+        lb, inv_width, slopes, intercepts = tables
+        n = self.num_intervals
+        sets = slopes.shape[0]
+        view = (1, sets) + (1, ) * (x.dim() - 2)
+        xc = x.to(slopes.dtype)
+        t = (xc - lb.reshape(view)) * inv_width.reshape(view)
+        t = torch.where(torch.isnan(t), torch.zeros_like(t), t)  # NaN x: entry 0, y stays NaN
+        entry = torch.clamp(torch.floor(t), -1, n) + 1  # in [0, N + 1] as in the kernels
+        offset = torch.arange(sets, device=x.device, dtype=entry.dtype) * (n + 2)
+        index = (entry + offset.reshape(view)).long()
+        slope = slopes.reshape(-1)[index]
+        intercept = intercepts.reshape(-1)[index]
+        y = xc * slope + intercept
+        # At x = +-inf with a zero slope the limit is the intercept, not 0 * inf = NaN.
+        y = torch.where(torch.isinf(xc) & (slope == 0), intercept, y)
+        return y.to(x.dtype)
+
+    # ------------------------------------------------------------------- state and display
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        # The loaded phase decides the behaviour and which parameters are trainable.
+        self._set_phase(int(self.phase.item()) == _PHASE_II)
+        self._table_cache = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._table_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        channels = self.num_channels if self.num_channels is not None else 'any'
+        return (f'num_channels={channels}, num_intervals={self.num_intervals}, '
+                f'mode={self.mode}, phase={"II" if self._realigned else "I"}, '
+                f'momentum={self.momentum}, sigma={self.sigma}')
+
+
+def _exporting() -> bool:
+    """Whether the forward is being traced/exported, where only standard ops may be used."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    if torch.onnx.is_in_onnx_export():
+        return True
+    is_exporting = getattr(torch.compiler, 'is_exporting', None)
+    return bool(is_exporting is not None and is_exporting())
+
+
+try:  # registration only; the layer itself needs nothing but torch
+    from mmengine.registry import MODELS as _MODELS
+except ImportError:  # pragma: no cover - mmengine is a dependency of the package
+    _MODELS = None
+if _MODELS is not None:
+    _MODELS.register_module(name='PWLU', module=PWLU)
