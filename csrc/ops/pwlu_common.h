@@ -1,8 +1,11 @@
-// Host-side argument checks and layout of a pwlu call, shared by the CPU and CUDA backends.
+// Host-side pieces of a pwlu call shared by the CPU and CUDA backends: argument checks, memory
+// layout, parameter preparation and the packing of parameter gradients.
 // Messages match pwlu_mmdet/ops/_checks.py so both implementations fail alike.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <tuple>
 
 namespace pwlu_mmdet {
 namespace ops {
@@ -22,23 +25,23 @@ inline int64_t check_pwlu_args(const at::Tensor& x, const at::Tensor& points,
     const at::Tensor& t = *named.second;
     TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "pwlu: ", named.first,
                      " must be a floating-point tensor, got ", t.scalar_type());
-    TORCH_CHECK(t.device() == x.device(), "pwlu: ", named.first, " is on ", t.device(),
+    TORCH_CHECK_VALUE(t.device() == x.device(), "pwlu: ", named.first, " is on ", t.device(),
                 " but x is on ", x.device(), "; all tensors must be on the same device");
   }
-  TORCH_CHECK(x.dim() >= 2, "pwlu: x must have shape (N, C) or (N, C, *spatial), got ",
+  TORCH_CHECK_VALUE(x.dim() >= 2, "pwlu: x must have shape (N, C) or (N, C, *spatial), got ",
               x.sizes());
-  TORCH_CHECK(points.dim() == 2, "pwlu: points must have shape (C, K+1) or (1, K+1), got ",
+  TORCH_CHECK_VALUE(points.dim() == 2, "pwlu: points must have shape (C, K+1) or (1, K+1), got ",
               points.sizes());
   const int64_t num_sets = points.size(0);
-  TORCH_CHECK(points.size(1) >= 2,
+  TORCH_CHECK_VALUE(points.size(1) >= 2,
               "pwlu: points must have at least 2 columns (K >= 1 intervals), got ",
               points.sizes());
-  TORCH_CHECK(num_sets == 1 || num_sets == x.size(1), "pwlu: points has ", num_sets,
+  TORCH_CHECK_VALUE(num_sets == 1 || num_sets == x.size(1), "pwlu: points has ", num_sets,
               " rows but x has ", x.size(1),
               " channels; expected (C, K+1) channel-wise or (1, K+1) layer-wise");
   for (size_t i = 2; i < 6; ++i) {
     const at::Tensor& t = *all[i].second;
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == num_sets, "pwlu: ", all[i].first,
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == num_sets, "pwlu: ", all[i].first,
                 " must have shape (", num_sets, ",) to match points ", points.sizes(), ", got ",
                 t.sizes());
     TORCH_CHECK_TYPE(t.scalar_type() == points.scalar_type(), "pwlu: ", all[i].first,
@@ -97,6 +100,28 @@ inline PwluParams make_params(const at::Tensor& points, const at::Tensor& left_b
 // float for float16 / bfloat16 / float32, double for double: the kernels' arithmetic type.
 inline at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+using PwluGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                             at::Tensor>;
+
+// (grad_x, grad_points, grad_B_L, grad_B_R, grad_K_L, grad_K_R) from grad_x and the per-set
+// accumulators [Y_0..Y_N, B_L, B_R, K_L, K_R] (undefined when parameter grads were not asked
+// for: those come back as empty tensors of shape (0,)).
+inline PwluGrads pack_grads(const at::Tensor& grad_x, const at::Tensor& set_acc,
+                            const at::Tensor& points) {
+  if (!set_acc.defined()) {
+    const at::Tensor none = at::empty({0}, points.options());
+    return {grad_x, none, none, none, none, none};
+  }
+  const int64_t n = points.size(1) - 1;
+  const at::Tensor grads = set_acc.to(points.scalar_type());
+  return {grad_x,
+          grads.narrow(1, 0, n + 1).contiguous(),
+          grads.select(1, n + 1).contiguous(),
+          grads.select(1, n + 2).contiguous(),
+          grads.select(1, n + 3).contiguous(),
+          grads.select(1, n + 4).contiguous()};
 }
 
 }  // namespace ops

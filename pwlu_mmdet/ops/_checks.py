@@ -1,6 +1,6 @@
 """Argument checks shared by the reference, the fake kernel and the Python entry point.
 
-The C++ op checks the same conditions with the same messages (``csrc/ops/pwlu_checks.h``), so a
+The C++ op checks the same conditions with the same messages (``csrc/ops/pwlu_common.h``), so a
 bad call fails alike whichever implementation runs.
 """
 from typing import Tuple

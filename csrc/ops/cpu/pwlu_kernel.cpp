@@ -1,6 +1,6 @@
 // CPU kernels of pwlu_mmdet::pwlu and pwlu_mmdet::pwlu_backward.
 //
-// x is viewed as (outer, C, inner) in memory order (pwlu_checks.h). With inner > 1 (contiguous
+// x is viewed as (outer, C, inner) in memory order (pwlu_common.h). With inner > 1 (contiguous
 // NC*) every run of `inner` elements shares one channel; with inner == 1 (channels-last, or 2-D
 // input) channels interleave and each row of C elements walks the whole table set.
 #include <ATen/Dispatch.h>
@@ -10,7 +10,7 @@
 
 #include <vector>
 
-#include "../pwlu_checks.h"
+#include "../pwlu_common.h"
 #include "../pwlu_element.h"
 
 namespace pwlu_mmdet {
@@ -184,13 +184,12 @@ at::Tensor pwlu_forward_cpu(const at::Tensor& x, const at::Tensor& points,
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& points,
+PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& points,
                   const at::Tensor& left_bound, const at::Tensor& right_bound,
                   const at::Tensor& left_slope, const at::Tensor& right_slope, bool input_grad,
                   bool param_grads) {
   check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope);
-  TORCH_CHECK(grad_output.sizes() == x.sizes(), "pwlu_backward: grad_output has shape ",
+  TORCH_CHECK_VALUE(grad_output.sizes() == x.sizes(), "pwlu_backward: grad_output has shape ",
               grad_output.sizes(), " but x has ", x.sizes());
   const at::MemoryFormat format = output_memory_format(x);
   const at::Tensor xc = x.contiguous(format);
@@ -218,20 +217,11 @@ pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x, const at::
               param_grads ? channel_acc.data_ptr<acc_t>() : nullptr, layout, tables);
         });
   }
-  if (!param_grads) {
-    const at::Tensor none = at::empty({0}, points.options());
-    return {grad_x, none, none, none, none, none};
-  }
-  // Layer-wise: one set shared by all channels receives the sum over channels (in order).
-  const at::Tensor set_acc =
-      points.size(0) == 1 ? channel_acc.sum(0, /*keepdim=*/true) : channel_acc;
-  const at::Tensor grads = set_acc.to(points.scalar_type());
-  return {grad_x,
-          grads.narrow(1, 0, n + 1).contiguous(),
-          grads.select(1, n + 1).contiguous(),
-          grads.select(1, n + 2).contiguous(),
-          grads.select(1, n + 3).contiguous(),
-          grads.select(1, n + 4).contiguous()};
+  if (!param_grads) return pack_grads(grad_x, at::Tensor(), points);
+  // Layer-wise: the one set shared by all channels receives the sum over channels.
+  return pack_grads(grad_x,
+                    points.size(0) == 1 ? channel_acc.sum(0, /*keepdim=*/true) : channel_acc,
+                    points);
 }
 
 }  // namespace

@@ -1,0 +1,336 @@
+"""Tests of the compiled PWLU op against the float64 pure-PyTorch reference (torchvision style)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pwlu_mmdet.ops import compiled_available, pwlu, pwlu_reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.needs_cuda)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# (atol, rtol) of the output and grad_x, in x's dtype, against a float64 computation.
+TOL = {
+    torch.float64: (1e-12, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+PARAM_NAMES = ('points', 'left_bound', 'right_bound', 'left_slope', 'right_slope')
+
+
+def make_params(channels, num_intervals, layer_wise=False, dtype=torch.float64, device='cpu',
+                seed=0):
+    """Random, non-degenerate parameters (not ReLU, so that every gradient is exercised)."""
+    g = torch.Generator().manual_seed(seed)
+    sets = 1 if layer_wise else channels
+    lb = -0.5 - torch.rand(sets, generator=g, dtype=torch.float64)
+    rb = 0.5 + torch.rand(sets, generator=g, dtype=torch.float64)
+    points = torch.randn(sets, num_intervals + 1, generator=g, dtype=torch.float64)
+    ls = torch.randn(sets, generator=g, dtype=torch.float64)
+    rs = torch.randn(sets, generator=g, dtype=torch.float64)
+    return [t.to(device=device, dtype=dtype) for t in (points, lb, rb, ls, rs)]
+
+
+def make_input(shape, dtype, device, layout='contiguous', seed=1):
+    """x spanning both outer pieces and the range, in the requested memory layout."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 1.5).to(dtype)
+    if layout == 'channels_last':
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == 'noncontiguous':
+        # a strided view: every other element of a wider last dim
+        wide = torch.repeat_interleave(x, 2, dim=-1)
+        x = wide[..., ::2]
+        assert not x.is_contiguous()
+    return x.to(device)
+
+
+def reference_float64(x, params):
+    """Output and gradients of the reference, computed in float64 on the CPU."""
+    x64 = x.detach().double().cpu().requires_grad_()
+    p64 = [p.detach().double().cpu().requires_grad_() for p in params]
+    y = pwlu_reference(x64, *p64)
+    return x64, p64, y
+
+
+def check_op_against_reference(x, params, atol, rtol, param_rtol=1e-5):
+    x = x.detach().requires_grad_()
+    params = [p.detach().requires_grad_() for p in params]
+    y = pwlu(x, *params)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
+
+    x64, p64, y64 = reference_float64(x, params)
+    torch.testing.assert_close(y.double().cpu(), y64.detach(), atol=atol, rtol=rtol)
+
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    y.backward(g.to(x.dtype).to(x.device))
+    y64.backward(g.to(x.dtype).double())
+    torch.testing.assert_close(x.grad.double().cpu(), x64.grad, atol=atol, rtol=rtol)
+    for name, p, ref in zip(PARAM_NAMES, params, p64):
+        assert p.grad.dtype == p.dtype, name
+        # Parameter gradients are sums over many elements: compare relative to their scale.
+        scale = ref.grad.abs().max().item() + 1.0
+        torch.testing.assert_close(p.grad.double().cpu(), ref.grad, atol=param_rtol * scale,
+                                   rtol=0, msg=lambda m: f'grad of {name}: {m}')
+    return y
+
+
+def test_compiled_op_is_loaded():
+    assert compiled_available(), 'pwlu_mmdet._C failed to load: the reference is in use'
+    assert pwlu is not pwlu_reference
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'noncontiguous'])
+@pytest.mark.parametrize('layer_wise', [False, True], ids=['channel', 'layer'])
+@pytest.mark.parametrize('num_intervals', [1, 2, 16])
+def test_forward_backward(device, dtype, layout, layer_wise, num_intervals):
+    x = make_input((3, 5, 6, 7), dtype, device, layout)
+    params = make_params(5, num_intervals, layer_wise, dtype=dtype, device=device)
+    atol, rtol = TOL[dtype]
+    # float32 accumulation, then rounded to the parameters' dtype.
+    param_rtol = {torch.float64: 1e-10, torch.float32: 1e-5}.get(dtype, rtol)
+    y = check_op_against_reference(x, params, atol, rtol, param_rtol=param_rtol)
+    if layout == 'channels_last':
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('shape', [(7, 5), (2, 5, 9), (2, 5, 3, 4), (2, 5, 2, 3, 4),
+                                   (1, 5, 2, 2, 2, 3)])
+def test_any_spatial_rank(device, shape):
+    x = make_input(shape, torch.float64, device)
+    params = make_params(5, 4, dtype=torch.float64, device=device)
+    check_op_against_reference(x, params, 1e-12, 1e-10, param_rtol=1e-10)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_channels_last_3d(device):
+    x = make_input((2, 5, 3, 4, 5), torch.float32, device).to(
+        memory_format=torch.channels_last_3d)
+    y = check_op_against_reference(x, make_params(5, 16, dtype=torch.float32, device=device),
+                                   *TOL[torch.float32])
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_amp_half_input_float32_params(device, dtype, layout):
+    """AMP: half x, float32 parameters: output in x's dtype, parameter grads in float32 and
+    accumulated in float32 (a float16 accumulation of 20k terms would miss this tolerance)."""
+    x = make_input((4, 3, 64, 80), dtype, device, layout)
+    params = make_params(3, 16, dtype=torch.float32, device=device)
+    y = check_op_against_reference(x, params, *TOL[dtype], param_rtol=2e-5)
+    assert y.dtype == dtype
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_autocast_region(device):
+    """Inside torch.autocast a half input with float32 parameters just works."""
+    x = make_input((2, 4, 5, 5), torch.float32, device)
+    params = [p.requires_grad_() for p in make_params(4, 8, dtype=torch.float32, device=device)]
+    amp_dtype = torch.bfloat16
+    with torch.autocast(device_type=device, dtype=amp_dtype):
+        y = pwlu(x.to(amp_dtype), *params)
+    assert y.dtype == amp_dtype
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('shape', [(0, 5, 4, 4), (0, 5), (2, 5, 0, 3)])
+@pytest.mark.parametrize('impl', [pwlu, pwlu_reference], ids=['op', 'reference'])
+def test_empty_input(device, shape, impl):
+    x = torch.zeros(shape, device=device, requires_grad=True)
+    params = [p.requires_grad_() for p in make_params(5, 4, dtype=torch.float32, device=device)]
+    y = impl(x, *params)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, p in zip(PARAM_NAMES, params):
+        assert p.grad is not None, name
+        assert torch.equal(p.grad, torch.zeros_like(p)), name
+
+
+def relu_params(channels, num_intervals=16, bound=2.0, device='cpu', dtype=torch.float32):
+    """ReLU initialisation (EQUATIONS.md): B_L = -B_R, K_L = 0, K_R = 1, Y_i = ReLU(B_i)."""
+    lb = torch.full((channels, ), -bound, device=device, dtype=dtype)
+    rb = torch.full((channels, ), bound, device=device, dtype=dtype)
+    points = torch.relu(torch.linspace(-bound, bound, num_intervals + 1, device=device,
+                                       dtype=dtype)).expand(channels, -1).contiguous()
+    return [points, lb, rb, torch.zeros_like(lb), torch.ones_like(lb)]
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('impl', [pwlu, pwlu_reference], ids=['op', 'reference'])
+def test_nan_propagates_and_inf_gives_the_limit(device, impl):
+    nan, inf = float('nan'), float('inf')
+    x = torch.tensor([[nan, -inf, inf, -1.0, 0.5, 5.0]], device=device).view(1, 1, 6)
+    y = impl(x, *relu_params(1, device=device))
+    assert torch.isnan(y[0, 0, 0])
+    assert y[0, 0, 1].item() == 0.0  # ReLU's limit at -inf, not 0 * inf = NaN
+    assert y[0, 0, 2].item() == inf
+    torch.testing.assert_close(y[0, 0, 3:], torch.tensor([0.0, 0.5, 5.0], device=device))
+    # A negative left slope sends -inf to +inf; a zero right slope sends +inf to Y_N.
+    points, lb, rb, _, _ = relu_params(1, device=device)
+    y = impl(x, points, lb, rb, torch.full_like(lb, -0.5), torch.zeros_like(rb))
+    assert y[0, 0, 1].item() == inf
+    assert y[0, 0, 2].item() == points[0, -1].item()
+    # grad_x stays finite away from NaN inputs
+    xg = x.clone().requires_grad_()
+    impl(xg, *relu_params(1, device=device)).sum().backward()
+    torch.testing.assert_close(xg.grad[0, 0, 1:], torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0],
+                                                              device=device))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_relu_initialisation_equals_relu(device):
+    x = make_input((4, 3, 16, 16), torch.float32, device) * 2
+    y = pwlu(x, *relu_params(3, device=device))
+    torch.testing.assert_close(y, torch.relu(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('layer_wise', [False, True], ids=['channel', 'layer'])
+def test_gradcheck_float64(device, layer_wise):
+    x = make_input((2, 3, 4, 5), torch.float64, device).requires_grad_()
+    params = [p.requires_grad_() for p in make_params(3, 6, layer_wise, device=device)]
+    assert torch.autograd.gradcheck(pwlu, (x, *params))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_frozen_parameters_skip_their_gradients(device):
+    """With parameters that do not require grad only grad_x is computed, and it is right."""
+    x = make_input((2, 3, 4, 5), torch.float64, device).requires_grad_()
+    params = make_params(3, 4, device=device)
+    pwlu(x, *params).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    pwlu_reference(x_ref, *params).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    grads = torch.ops.pwlu_mmdet.pwlu_backward(torch.ones_like(x), x.detach(), *params, True,
+                                               False)
+    assert all(g.numel() == 0 for g in grads[1:])
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('layer_wise', [False, True], ids=['channel', 'layer'])
+def test_opcheck(device, layer_wise):
+    x = make_input((2, 3, 4, 5), torch.float32, device).requires_grad_()
+    params = [p.requires_grad_() for p in make_params(3, 4, layer_wise, dtype=torch.float32,
+                                                       device=device)]
+    torch.library.opcheck(torch.ops.pwlu_mmdet.pwlu.default, (x, *params))
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.pwlu_mmdet.pwlu.default, (x_cl, *params))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_torch_compile_fullgraph(device):
+    def block(x, params):
+        return pwlu(x * 2.0, *params).sum(dim=1)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)
+    x = make_input((2, 3, 4, 5), torch.float32, device)
+    params = make_params(3, 8, dtype=torch.float32, device=device)
+    x1, p1 = x.clone().requires_grad_(), [p.clone().requires_grad_() for p in params]
+    x2, p2 = x.clone().requires_grad_(), [p.clone().requires_grad_() for p in params]
+    y1, y2 = compiled(x1, p1), block(x2, p2)
+    torch.testing.assert_close(y1, y2)
+    y1.sum().backward()
+    y2.sum().backward()
+    for a, b in zip([x1, *p1], [x2, *p2]):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+BAD_CALLS = {
+    'x_1d': (lambda x, p: (x[0, 0, 0], *p), ValueError, 'x must have shape'),
+    'points_1d': (lambda x, p: (x, p[0][0], *p[1:]), ValueError, 'points must have shape'),
+    'one_column': (lambda x, p: (x, p[0][:, :1], *p[1:]), ValueError, 'at least 2 columns'),
+    'rows_vs_channels': (lambda x, p: (x, p[0][:2], *p[1:]), ValueError, 'points has 2 rows'),
+    'left_bound_shape': (lambda x, p: (x, p[0], p[1][:2], *p[2:]), ValueError, 'left_bound'),
+    'right_slope_2d': (lambda x, p: (x, *p[:4], p[4].view(1, -1)), ValueError, 'right_slope'),
+    'int_x': (lambda x, p: (x.long(), *p), TypeError, 'x must be a floating'),
+    'int_points': (lambda x, p: (x, p[0].int(), *p[1:]), TypeError, 'points must be a floating'),
+    'mixed_param_dtype': (lambda x, p: (x, p[0], p[1].double(), *p[2:]), TypeError,
+                          'left_bound has dtype'),
+    'other_device': (lambda x, p: (x, p[0], p[1].to('meta'), *p[2:]), ValueError,
+                     'left_bound is on meta'),
+}
+
+
+@pytest.mark.parametrize('impl', [pwlu, pwlu_reference], ids=['op', 'reference'])
+@pytest.mark.parametrize('case', sorted(BAD_CALLS))
+def test_bad_calls_name_the_argument(impl, case):
+    make_args, error, message = BAD_CALLS[case]
+    x = make_input((2, 3, 4, 5), torch.float32, 'cpu')
+    params = make_params(3, 4, dtype=torch.float32)
+    with pytest.raises(error, match=message):
+        impl(*make_args(x, params))
+
+
+@pytest.mark.needs_cuda
+def test_cpu_and_cuda_tensors_mixed():
+    x = make_input((2, 3, 4, 5), torch.float32, 'cuda')
+    params = make_params(3, 4, dtype=torch.float32)
+    with pytest.raises(ValueError, match='points is on cpu'):
+        pwlu(x, *params)
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('layer_wise', [False, True], ids=['channel', 'layer'])
+def test_backward_is_deterministic_cpu(layout, layer_wise):
+    torch.set_num_threads(2)
+    x = make_input((4, 16, 32, 32), torch.float32, 'cpu', layout).requires_grad_()
+    params = [p.requires_grad_() for p in make_params(16, 16, layer_wise, dtype=torch.float32)]
+    grads = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        grads.append(torch.autograd.grad(pwlu(x, *params).sum(), [x, *params]))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_backward_is_deterministic_cuda(layout, dtype):
+    x = make_input((8, 64, 56, 56), dtype, 'cuda', layout).requires_grad_()
+    params = [p.requires_grad_() for p in make_params(64, 16, dtype=torch.float32,
+                                                       device='cuda')]
+    g = torch.randn_like(x)
+    first = torch.autograd.grad(pwlu(x, *params), [x, *params], g)
+    second = torch.autograd.grad(pwlu(x, *params), [x, *params], g)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_fallback_to_reference_with_one_warning():
+    """Without the extension pwlu_mmdet still imports and warns once."""
+    code = ('import sys, warnings; sys.modules["pwlu_mmdet._C"] = None\n'
+            'with warnings.catch_warnings(record=True) as w:\n'
+            '    warnings.simplefilter("always")\n'
+            '    import pwlu_mmdet.ops as ops\n'
+            'msgs = [str(x.message) for x in w if "compiled PWLU operator" in str(x.message)]\n'
+            'assert len(msgs) == 1, msgs\n'
+            'assert not ops.compiled_available() and ops.pwlu is ops.pwlu_reference\n'
+            'print("fallback ok")\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert 'fallback ok' in out.stdout
+
+
+@pytest.mark.skipif(not __import__('shutil').which('nvcc'), reason='nvcc not installed')
+def test_cuda_sources_compile_with_nvcc():
+    """The CUDA kernels compile for sm_80 and sm_90, even on a machine without a GPU."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'check_cuda_compile.py'),
+                          '--arch', '80', '90'], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count('ok ') == 2 * len(
+        [f for f in os.listdir(os.path.join(ROOT, 'csrc', 'ops', 'cuda')) if f.endswith('.cu')])
