@@ -1,0 +1,1 @@
+"""Utilities. ``pwlu_mmdet.utils.testing`` (tiny model and dataset) needs mmengine."""
