@@ -18,7 +18,7 @@ __all__ = ['TinyPWLUNet', 'TinyDataset', 'free_port', 'tiny_runner_cfg']
 
 
 class TinyPWLUNet(BaseModel):
-    """conv -> GroupNorm -> PWLU (channel) -> conv -> PWLU (layer) -> pool -> linear, MSE loss."""
+    """conv -> PWLU (channel) -> GroupNorm -> conv -> PWLU (layer) -> pool -> linear, MSE loss."""
 
     def __init__(self, channels: int = 4, num_intervals: int = 8) -> None:
         super().__init__()
@@ -31,7 +31,7 @@ class TinyPWLUNet(BaseModel):
 
     def forward(self, inputs: torch.Tensor, target: Optional[torch.Tensor] = None,
                 mode: str = 'tensor'):
-        x = self.act1(self.norm1(self.conv1(inputs)))
+        x = self.norm1(self.act1(self.conv1(inputs)))
         x = self.act2(self.conv2(x))
         out = self.fc(x.mean(dim=(2, 3)))
         if mode == 'loss':
@@ -42,11 +42,11 @@ class TinyPWLUNet(BaseModel):
 
 
 class TinyDataset(Dataset):
-    """Fixed random images with a shifted mean; ``seed`` gives every rank its own data."""
+    """Fixed random images; ``seed`` also sets their mean and scale (per-rank distributions)."""
 
     def __init__(self, length: int = 16, seed: int = 0, size: int = 6) -> None:
         g = torch.Generator().manual_seed(seed)
-        self.inputs = torch.randn(length, 3, size, size, generator=g) * 1.5 + 0.5
+        self.inputs = torch.randn(length, 3, size, size, generator=g) * (1.5 + seed) + 0.5 + seed
         self.targets = torch.randn(length, 1, generator=g)
 
     def __len__(self) -> int:
@@ -65,8 +65,11 @@ def free_port() -> int:
 
 def tiny_runner_cfg(work_dir: str, max_iters: int, realign_iter: Optional[int],
                     optimizer: Optional[dict] = None, seed: int = 0, data_seed: int = 0,
-                    **kwargs) -> dict:
-    """Runner kwargs for an iteration-based run of :class:`TinyPWLUNet` (no shuffling)."""
+                    model_wrapper_cfg: Optional[dict] = None, **kwargs) -> dict:
+    """Runner kwargs for an iteration-based run of :class:`TinyPWLUNet` (no shuffling).
+
+    ``model_wrapper_cfg`` is only read from the Runner's ``cfg``, so it goes there.
+    """
     if optimizer is None:
         optimizer = dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=1e-2)
     cfg = dict(
@@ -92,5 +95,7 @@ def tiny_runner_cfg(work_dir: str, max_iters: int, realign_iter: Optional[int],
         env_cfg=dict(dist_cfg=dict(backend='gloo')),
         log_level=os.environ.get('PWLU_TEST_LOG_LEVEL', 'WARNING'),
     )
+    if model_wrapper_cfg is not None:
+        cfg['cfg'] = dict(model_wrapper_cfg=model_wrapper_cfg)
     cfg.update(kwargs)
     return cfg

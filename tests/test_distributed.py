@@ -1,0 +1,141 @@
+"""PWLU under 2-process gloo DDP through a real mmengine Runner (different data per rank)."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+pytest.importorskip('mmengine')
+
+WORLD = 2
+REALIGN_ITER = 3
+MAX_ITERS = 6
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=WORLD)
+    try:
+        from mmengine.hooks import Hook
+        from mmengine.runner import Runner
+
+        import pwlu_mmdet  # noqa: F401
+        from pwlu_mmdet.utils.testing import tiny_runner_cfg
+
+        from pwlu_mmdet.engine import PWLUGradSync
+
+        records = {'syncs': []}
+        original_sync = PWLUGradSync.sync
+
+        def counting_sync(self):
+            records['syncs'].append(runner.iter)
+            original_sync(self)
+
+        PWLUGradSync.sync = counting_sync
+
+        class Recorder(Hook):
+            priority = 'LOWEST'
+
+            def before_train_iter(self, runner, batch_idx, data_batch=None):
+                # LOWEST priority: runs after PWLUHook, so this sees the reset values.
+                if runner.iter == REALIGN_ITER:
+                    records['reset'] = _state(runner.model.module)
+
+            def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+                records[runner.iter] = _state(runner.model.module)
+
+        cfg = tiny_runner_cfg(
+            os.path.join(out_dir, f'work{rank}'), MAX_ITERS, REALIGN_ITER, data_seed=rank,
+            launcher='pytorch',
+            # CPU DDP: device_ids must be None; no find_unused_parameters on purpose.
+            model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None,
+                                   broadcast_buffers=False))
+        cfg['custom_hooks'].append(Recorder())
+        runner = Runner(**cfg)
+        records['init'] = _state(runner.model.module)
+        runner.train()
+        torch.save(records, os.path.join(out_dir, f'rank{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope='module')
+def ddp_records(tmp_path_factory):
+    from pwlu_mmdet.utils.testing import free_port
+    out = tmp_path_factory.mktemp('ddp')
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f'rank{r}.pt', weights_only=False) for r in range(WORLD)]
+
+
+PWLU_PARAMS = [f'{layer}.{name}' for layer in ('act1', 'act2') for name in (
+    'points', 'left_bound', 'right_bound', 'left_slope', 'right_slope')]
+
+
+@pytest.mark.slow
+def test_ranks_saw_different_statistics(ddp_records):
+    before = REALIGN_ITER - 1
+    r0, r1 = (rec[before] for rec in ddp_records)
+    for name in ('act1.running_mean', 'act1.running_std'):
+        assert not torch.allclose(r0[name], r1[name]), name
+
+
+@pytest.mark.slow
+def test_phase_one_frozen_on_every_rank(ddp_records):
+    for rec in ddp_records:
+        for it in range(1, REALIGN_ITER):
+            for name in PWLU_PARAMS:
+                assert torch.equal(rec[it][name], rec['init'][name]), (it, name)
+
+
+@pytest.mark.slow
+def test_pwlu_gradients_reduced_only_in_phase_two(ddp_records):
+    """No collective for PWLU gradients in phase I (not in DDP's reducer, no sync); one flat
+    all-reduce per backward in phase II."""
+    for rec in ddp_records:
+        assert rec['syncs'] == list(range(REALIGN_ITER, MAX_ITERS))
+
+
+@pytest.mark.slow
+def test_realign_combines_rank_statistics(ddp_records):
+    """Both ranks reset from the mixture of the ranks' statistics (not averaged stds)."""
+    before = REALIGN_ITER - 1
+    for layer in ('act1', 'act2'):
+        means = torch.stack([rec[before][f'{layer}.running_mean'].double()
+                             for rec in ddp_records])
+        stds = torch.stack([rec[before][f'{layer}.running_std'].double() for rec in ddp_records])
+        mean = means.mean(0)
+        std = ((stds**2 + means**2).mean(0) - mean**2).sqrt()
+        if layer == 'act1':  # act2 sees GroupNorm-ed input: similar statistics on both ranks
+            # Averaging the stds would give something else: the test can tell them apart.
+            assert not torch.allclose(std, stds.mean(0), rtol=1e-3)
+        for rec in ddp_records:
+            reset = rec['reset']  # right after the realignment at iteration REALIGN_ITER
+            torch.testing.assert_close(reset[f'{layer}.running_mean'].double(), mean)
+            torch.testing.assert_close(reset[f'{layer}.running_std'].double(), std)
+            torch.testing.assert_close(reset[f'{layer}.left_bound'].double(), mean - 3 * std)
+            torch.testing.assert_close(reset[f'{layer}.right_bound'].double(), mean + 3 * std)
+            assert reset[f'{layer}.phase'].item() == 2
+    for name, value in ddp_records[0]['reset'].items():
+        assert torch.equal(value, ddp_records[1]['reset'][name]), name
+
+
+@pytest.mark.slow
+def test_identical_parameters_after_switch_and_further_steps(ddp_records):
+    r0, r1 = ddp_records
+    for it in range(REALIGN_ITER, MAX_ITERS):
+        for name, value in r0[it].items():
+            if 'running' in name or 'num_batches' in name:
+                continue
+            assert torch.equal(value, r1[it][name]), (it, name)
+    # The PWLU parameters really trained in phase II (and identically on both ranks).
+    # (the outer slopes may keep zero gradients: few inputs fall outside mu +- 3 std)
+    for name in PWLU_PARAMS:
+        if 'slope' not in name:
+            assert not torch.equal(r0[MAX_ITERS - 1][name], r0['reset'][name]), name
