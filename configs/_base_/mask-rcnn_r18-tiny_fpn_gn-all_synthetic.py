@@ -7,8 +7,8 @@ _base_ = [
     'mmdet::_base_/default_runtime.py'
 ]
 
-max_iters = 900
-pwlu_realign_iter = 200
+max_iters = 600
+pwlu_realign_iter = 150
 num_classes = 4
 norm_cfg = dict(type='GN', num_groups=8, requires_grad=True)
 model = dict(
@@ -41,7 +41,7 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=ma
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(
         type='MultiStepLR',
         begin=0,
@@ -52,8 +52,9 @@ param_scheduler = [
 ]
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='PWLUOptimWrapperConstructor',
     optimizer=dict(type='SGD', lr=0.04, momentum=0.9, weight_decay=1e-4),
-    paramwise_cfg=dict(norm_decay_mult=0.))
+    paramwise_cfg=dict(norm_decay_mult=0., pwlu_decay_mult=0.))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 
 default_hooks = dict(
@@ -61,3 +62,6 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters),
     visualization=dict(type='DetVisualizationHook'))
 log_processor = dict(by_epoch=False, window_size=20)
+# PWLU phase switch (a no-op for the other activations). To move it from the command line use
+# `--cfg-options custom_hooks.0.realign_iter=N`.
+custom_hooks = [dict(type='PWLUHook', realign_iter=pwlu_realign_iter)]

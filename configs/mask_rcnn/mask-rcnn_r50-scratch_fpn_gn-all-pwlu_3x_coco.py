@@ -1,0 +1,3 @@
+_base_ = '../_base_/mask-rcnn_r50-scratch_fpn_gn-all_3x_coco.py'
+# PWLU's defaults are the paper's setting: channel-wise, 16 intervals, 3-sigma realignment.
+model = dict(act_cfg=dict(type='PWLU'))

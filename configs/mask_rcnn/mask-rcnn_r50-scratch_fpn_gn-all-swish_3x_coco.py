@@ -1,0 +1,2 @@
+_base_ = '../_base_/mask-rcnn_r50-scratch_fpn_gn-all_3x_coco.py'
+model = dict(act_cfg=dict(type='Swish'))

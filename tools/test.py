@@ -1,0 +1,135 @@
+# Copyright (c) OpenMMLab. All rights reserved. Adapted for pwlu-mmdet.
+"""Test (and evaluate) a detector: MMDetection's ``tools/test.py`` with the pwlu-mmdet plugin
+registered. With a COCO evaluator (``CocoMetric``) it prints COCO bbox (and segm) AP computed by
+pycocotools; ``--metrics-out`` also writes the metrics as JSON (input of
+``tools/analysis/report.py``).
+
+Example::
+
+    python tools/test.py CONFIG work_dirs/NAME/iter_270000.pth --metrics-out results.json
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import warnings
+from copy import deepcopy
+
+from mmdet.engine.hooks.utils import trigger_visualization_hook
+from mmdet.evaluation import DumpDetResults
+from mmdet.registry import RUNNERS
+from mmdet.utils import setup_cache_size_limit_of_dynamo
+from mmengine import ConfigDict
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+import pwlu_mmdet.models  # noqa: F401  (registers PWLU, PWLUHook and the Act* components)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='MMDet test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir', help='the directory to save the file containing evaluation metrics')
+    parser.add_argument(
+        '--out', type=str, help='dump predictions to a pickle file for offline evaluation')
+    parser.add_argument(
+        '--metrics-out', type=str, help='write the evaluation metrics to this JSON file')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory where painted images will be saved. If specified, it will be '
+        'automatically saved to the work_dir/timestamp/show_dir')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override some settings in the used config, the key-value pair in xxx=yyy format '
+        'will be merged into config file. If the value to be overwritten is a list, it should '
+        'be like key="[a,b]" or key=a,b. It also allows nested list/tuple values, e.g. '
+        'key="[(a,b),(c,d)]". Note that the quotation marks are necessary and that no white '
+        'space is allowed.')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher')
+    parser.add_argument('--tta', action='store_true')
+    # torch.distributed.launch of PyTorch >= 2.0 passes --local-rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def _enable_tta(cfg):
+    if 'tta_model' not in cfg:
+        warnings.warn('Cannot find ``tta_model`` in config, we will set it as default.')
+        cfg.tta_model = dict(
+            type='DetTTAModel',
+            tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+    if 'tta_pipeline' not in cfg:
+        warnings.warn('Cannot find ``tta_pipeline`` in config, we will set it as default.')
+        test_data_cfg = cfg.test_dataloader.dataset
+        while 'dataset' in test_data_cfg:
+            test_data_cfg = test_data_cfg['dataset']
+        cfg.tta_pipeline = deepcopy(test_data_cfg.pipeline)
+        flip_tta = dict(
+            type='TestTimeAug',
+            transforms=[
+                [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+                [
+                    dict(
+                        type='PackDetInputs',
+                        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                   'scale_factor', 'flip', 'flip_direction'))
+                ],
+            ])
+        cfg.tta_pipeline[-1] = flip_tta
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def build_cfg(args) -> Config:
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    # work_dir is determined in this priority: CLI > segment in file > filename
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args)
+    if args.tta:
+        _enable_tta(cfg)
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Reduce the number of repeated compilations and improve testing speed.
+    setup_cache_size_limit_of_dynamo()
+    cfg = build_cfg(args)
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+
+    if args.out is not None:
+        assert args.out.endswith(('.pkl', '.pickle')), 'The dump file must be a pkl file.'
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+
+    metrics = runner.test()
+    if args.metrics_out and runner.rank == 0:
+        os.makedirs(osp.dirname(osp.abspath(args.metrics_out)), exist_ok=True)
+        with open(args.metrics_out, 'w') as f:
+            json.dump(dict(config=args.config, checkpoint=args.checkpoint, metrics=metrics), f,
+                      indent=2)
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
