@@ -228,6 +228,8 @@ class PWLU(nn.Module):
         if x.dim() < 2:
             raise ValueError(f'PWLU expects (N, C) or (N, C, *spatial) input, got shape '
                              f'{tuple(x.shape)}')
+        if torch.jit.is_tracing():
+            return  # shapes are fixed while tracing; the comparison would only warn
         if self.num_channels is not None and x.shape[1] != self.num_channels:
             raise ValueError(f'PWLU was built for {self.num_channels} channels but the input '
                              f'has {x.shape[1]} (shape {tuple(x.shape)})')

@@ -1,0 +1,111 @@
+"""PWLUHook: realigns exactly once at T (iteration or epoch), logs the switch."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+pytest.importorskip('mmengine')
+
+from mmengine.registry import HOOKS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import pwlu_mmdet  # noqa: E402,F401
+from pwlu_mmdet import PWLU  # noqa: E402
+from pwlu_mmdet.engine import PWLUHook, realign_model  # noqa: E402
+from pwlu_mmdet.utils.testing import tiny_runner_cfg  # noqa: E402
+
+
+@pytest.fixture
+def realign_calls(monkeypatch):
+    """Every PWLU.realign call as (layer id, runner iteration at the time)."""
+    calls = []
+    original = PWLU.realign
+    state = {}
+
+    def spy(self, *args, **kwargs):
+        calls.append((id(self), state['runner'].iter))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PWLU, 'realign', spy)
+    return calls, state
+
+
+def test_registered_and_validates_arguments():
+    assert HOOKS.get('PWLUHook') is PWLUHook
+    hook = HOOKS.build(dict(type='PWLUHook', realign_iter=7))
+    assert hook.realign_iter == 7 and hook.realign_epoch is None
+    for bad in (dict(), dict(realign_iter=1, realign_epoch=1), dict(realign_iter=-1),
+                dict(realign_epoch=1.5)):
+        with pytest.raises(ValueError):
+            PWLUHook(**bad)
+
+
+@pytest.mark.parametrize('realign_iter', [2, 5])
+def test_switch_exactly_once_at_t(tmp_path, realign_calls, realign_iter):
+    calls, state = realign_calls
+    runner = Runner(**tiny_runner_cfg(str(tmp_path), 8, realign_iter, log_level='INFO'))
+    state['runner'] = runner
+    layers = [runner.model.act1, runner.model.act2]
+    runner.train()
+    assert sorted(calls) == sorted((id(m), realign_iter) for m in layers)
+    assert all(m.realigned for m in layers)
+    # Phase I saw exactly the iterations [0, T): one statistics update per forward.
+    assert all(m.num_batches_tracked.item() == realign_iter for m in layers)
+
+    # The switch and the alignment summary went to the logger and the visualizer.
+    log = open(glob.glob(os.path.join(str(tmp_path), '*', '*.log'))[0]).read()
+    assert f'PWLUHook: realigned 2 PWLU layers at iter {realign_iter}' in log
+    assert 'act1: IoU' in log and 'act2: IoU' in log
+    scalars = [json.loads(line) for line in open(
+        glob.glob(os.path.join(str(tmp_path), '*', 'vis_data', 'scalars.json'))[0])]
+    pwlu_rows = [row for row in scalars if 'pwlu/iou_before' in row]
+    assert len(pwlu_rows) == 1 and pwlu_rows[0]['step'] == realign_iter
+    assert 0 <= pwlu_rows[0]['pwlu/iou_before'] < 1
+    assert pwlu_rows[0]['pwlu/iou_after'] == pytest.approx(1.0)
+    assert 'pwlu/iou_before/act1' in pwlu_rows[0]
+
+
+def test_epoch_based_switch(tmp_path, realign_calls):
+    calls, state = realign_calls
+    cfg = tiny_runner_cfg(str(tmp_path), 0, None)
+    cfg['train_cfg'] = dict(by_epoch=True, max_epochs=3, val_interval=100)
+    cfg['custom_hooks'] = [dict(type='PWLUHook', realign_epoch=1)]
+    runner = Runner(**cfg)
+    state['runner'] = runner
+    runner.train()
+    iters_per_epoch = len(runner.train_dataloader)
+    assert sorted(calls) == sorted((id(m), iters_per_epoch)
+                                   for m in (runner.model.act1, runner.model.act2))
+
+
+def test_realign_model_skips_realigned_layers():
+    from pwlu_mmdet.utils.testing import TinyPWLUNet
+    model = TinyPWLUNet()
+    model.train()
+    model(torch.randn(2, 3, 6, 6))
+    model.act1.realign()
+    reset = model.act1.points.detach().clone()
+    summary = realign_model(model)
+    assert list(summary) == ['act2'] and model.act2.realigned
+    assert torch.equal(model.act1.points.detach(), reset)
+    before, after = summary['act2']
+    assert 0 <= before <= 1 and after == pytest.approx(1.0)
+
+
+def test_model_without_pwlu_is_harmless(tmp_path):
+    from mmengine.model import BaseModel
+
+    class Plain(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 6 * 6, 1)
+
+        def forward(self, inputs, target=None, mode='tensor'):
+            out = self.fc(inputs.flatten(1))
+            return dict(loss=((out - target)**2).mean()) if mode == 'loss' else out
+
+    runner = Runner(**tiny_runner_cfg(str(tmp_path), 3, 1, model=Plain()))
+    runner.train()
