@@ -100,10 +100,12 @@ class PWLUHook(Hook):
         self.realign_iter = realign_iter
         self.realign_epoch = realign_epoch
         self.log_per_layer = log_per_layer
+        self._layers: Optional[List[PWLU]] = None  # cached: no module walk every iteration
 
     def before_run(self, runner) -> None:
         """Install the phase-II gradient sync on a DDP-wrapped model."""
         layers = pwlu_layers(runner.model)
+        self._layers = [layer for _, layer in layers]
         if not layers:
             runner.logger.warning('PWLUHook: the model has no PWLU layer; the hook does nothing')
             return
@@ -165,9 +167,10 @@ class PWLUHook(Hook):
         """Realign at the first iteration that is due and still has phase-I layers."""
         if not self._due(runner):
             return
-        layers = pwlu_layers(runner.model)
+        if self._layers is None:
+            self._layers = [layer for _, layer in pwlu_layers(runner.model)]
         # Python flags mirror the phase buffers: no device sync on the every-iteration path.
-        if all(layer.realigned for _, layer in layers):
+        if all(layer.realigned for layer in self._layers):
             return
         summary = realign_model(runner.model)
         self._log(runner, summary)
