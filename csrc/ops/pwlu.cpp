@@ -12,4 +12,8 @@ TORCH_LIBRARY(pwlu_mmdet, m) {
       "pwlu_backward(Tensor grad_output, Tensor x, Tensor points, Tensor left_bound, "
       "Tensor right_bound, Tensor left_slope, Tensor right_slope, bool input_grad, "
       "bool param_grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Phase I of the PWLU layer in one pass: y = relu(x) plus the mean and the (population)
+  // variance of x per channel (per_channel) or over the whole tensor, in float32 (float64 for
+  // float64 x). Zeros for an empty x.
+  m.def("relu_with_moments(Tensor x, bool per_channel) -> (Tensor, Tensor, Tensor)");
 }

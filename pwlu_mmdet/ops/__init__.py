@@ -6,9 +6,10 @@
 import torch
 
 from ._op import compiled_available, warn_fallback
-from .reference import pwlu_reference
+from .reference import pwlu_reference, relu_with_moments_reference
 
-__all__ = ['pwlu', 'pwlu_reference', 'compiled_available']
+__all__ = ['pwlu', 'pwlu_reference', 'relu_with_moments', 'relu_with_moments_reference',
+           'compiled_available']
 
 if compiled_available():
 
@@ -34,6 +35,22 @@ if compiled_available():
         return torch.ops.pwlu_mmdet.pwlu.default(x, points, left_bound, right_bound, left_slope,
                                                  right_slope)
 
+    def relu_with_moments(x: torch.Tensor, per_channel: bool = True):
+        """PWLU's phase I in one pass: ``relu(x)`` and the statistics of ``x``.
+
+        Args:
+            x (Tensor): Input of shape ``(N, C)`` or ``(N, C, *spatial)``.
+            per_channel (bool): Statistics per channel (shape ``(C,)``) or over the whole tensor
+                (shape ``(1,)``). Defaults to True.
+
+        Returns:
+            tuple[Tensor, Tensor, Tensor]: ``relu(x)`` (differentiable, ``x``'s dtype and memory
+            format), and the mean and population variance of ``x`` in float32 (float64 for
+            float64 ``x``); zeros when ``x`` is empty.
+        """
+        return torch.ops.pwlu_mmdet.relu_with_moments.default(x, per_channel)
+
 else:
     warn_fallback()
     pwlu = pwlu_reference
+    relu_with_moments = relu_with_moments_reference

@@ -8,7 +8,7 @@ import warnings
 import torch
 
 from ._checks import check_pwlu_args
-from .reference import suggest_memory_format
+from .reference import compute_dtype, suggest_memory_format
 
 try:
     from pwlu_mmdet import _C  # noqa: F401  (loads the library, registers torch.ops.pwlu_mmdet)
@@ -47,6 +47,24 @@ if _LOAD_ERROR is None:
         return tuple(g if need else None for g, need in zip(grads, needs))
 
     torch.library.register_autograd('pwlu_mmdet::pwlu', _backward, setup_context=_setup_context)
+
+    @torch.library.register_fake('pwlu_mmdet::relu_with_moments')
+    def _relu_with_moments_fake(x, per_channel):
+        sets = x.shape[1] if per_channel else 1
+        stat = x.new_empty((sets, ), dtype=compute_dtype(x))
+        return torch.empty_like(x, memory_format=suggest_memory_format(x)), stat, stat.clone()
+
+    def _relu_setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.save_for_backward(output[0])
+
+    def _relu_backward(ctx, grad_y, grad_mean, grad_var):
+        # The statistics are bookkeeping, not part of the model: only y is differentiable.
+        (y, ) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward.default(grad_y, y, 0), None
+
+    torch.library.register_autograd('pwlu_mmdet::relu_with_moments', _relu_backward,
+                                    setup_context=_relu_setup_context)
 
 
 def compiled_available() -> bool:

@@ -60,3 +60,24 @@ def suggest_memory_format(x: torch.Tensor) -> torch.memory_format:
             and not x.is_contiguous():
         return torch.channels_last_3d
     return torch.contiguous_format
+
+
+def relu_with_moments_reference(x: torch.Tensor, per_channel: bool = True):
+    """``relu(x)`` and the mean and population variance of ``x`` per channel (or overall).
+
+    Same contract as :func:`pwlu_mmdet.ops.relu_with_moments`.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f'relu_with_moments: x must be a floating-point tensor, got {x.dtype}')
+    if x.dim() < 2:
+        raise ValueError('relu_with_moments: x must have shape (N, C) or (N, C, *spatial), '
+                         f'got {tuple(x.shape)}')
+    sets = x.shape[1] if per_channel else 1
+    dtype = compute_dtype(x)
+    y = torch.relu(x).contiguous(memory_format=suggest_memory_format(x))
+    if x.numel() == 0:
+        zeros = x.new_zeros((sets, ), dtype=dtype)
+        return y, zeros, zeros.clone()
+    dims = [d for d in range(x.dim()) if not per_channel or d != 1]
+    var, mean = torch.var_mean(x.detach().to(dtype), dim=dims, correction=0)
+    return y, mean.reshape(sets), var.reshape(sets)

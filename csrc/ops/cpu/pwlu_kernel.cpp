@@ -1,164 +1,355 @@
 // CPU kernels of pwlu_mmdet::pwlu and pwlu_mmdet::pwlu_backward.
 //
 // x is viewed as (outer, C, inner) in memory order (pwlu_common.h). With inner > 1 (contiguous
-// NC*) every run of `inner` elements shares one channel; with inner == 1 (channels-last, or 2-D
-// input) channels interleave and each row of C elements walks the whole table set.
+// NC*) every run of `inner` elements shares one channel ("plane"); with inner == 1
+// (channels-last, or 2-D input) channels interleave within each row of C elements. Layer-wise
+// parameters are the same for every element, so the tensor is then processed as one flat run.
+//
+// The element loops are branch-free (pwlu_element.h) and compiled twice, for AVX2 and for the
+// baseline ISA, with the better one picked at load time (GCC target_clones), so that the table
+// look-ups vectorise as gathers. Parameter-gradient sums run in a fixed order that depends on the
+// shape only, never on the thread count: results are reproducible bit for bit.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../pwlu_common.h"
 #include "../pwlu_element.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PWLU_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PWLU_CPU_CLONES
+#endif
 
 namespace pwlu_mmdet {
 namespace ops {
 
 namespace {
 
-// Per-set ranges and (slope, intercept) tables of N + 2 entries, in the compute type.
+// Elements per parallel task: large enough to amortise scheduling, small enough to share work.
+constexpr int64_t kGrain = 32768;
+
+// ---------------------------------------------------------------------------- element loops
+// A run of `len` elements of one parameter set. The non-template overloads below are the
+// cloned (per-ISA) entry points; the templates hold the code.
+// Returns whether some output needs forward_value's infinity handling (see
+// forward_value_finite); the caller then redoes the run with fix_infinities.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE bool forward_run_impl(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                        int64_t len, acc_t lb, acc_t inv, int n,
+                                        const acc_t* __restrict__ slopes,
+                                        const acc_t* __restrict__ intercepts) {
+  int suspect = 0;
+  for (int64_t k = 0; k < len; ++k) {
+    const acc_t v =
+        forward_value_finite(static_cast<acc_t>(x[k]), lb, inv, n, slopes, intercepts);
+    suspect |= (v != v);
+    y[k] = static_cast<scalar_t>(v);
+  }
+  return suspect != 0;
+}
+
+// A row of C interleaved channels, channel c using set c.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE bool forward_row_impl(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                        int64_t channels, const acc_t* __restrict__ lbs,
+                                        const acc_t* __restrict__ invs, int n,
+                                        const acc_t* __restrict__ slopes,
+                                        const acc_t* __restrict__ intercepts) {
+  const int entries = n + 2;
+  int suspect = 0;
+  for (int64_t c = 0; c < channels; ++c) {
+    const acc_t v = forward_value_finite(static_cast<acc_t>(x[c]), lbs[c], invs[c], n,
+                                         slopes + c * entries, intercepts + c * entries);
+    suspect |= (v != v);
+    y[c] = static_cast<scalar_t>(v);
+  }
+  return suspect != 0;
+}
+
+// Rare path: NaN outputs of forward_value_finite are recomputed exactly.
+template <typename scalar_t, typename acc_t>
+void fix_infinities(const scalar_t* x, scalar_t* y, int64_t len, int64_t set_stride,
+                    const acc_t* lbs, const acc_t* invs, int n, const acc_t* slopes,
+                    const acc_t* intercepts) {
+  const int entries = n + 2;
+  for (int64_t k = 0; k < len; ++k) {
+    const int64_t s = set_stride ? k % set_stride : 0;
+    y[k] = static_cast<scalar_t>(forward_value(static_cast<acc_t>(x[k]), lbs[s], invs[s], n,
+                                               slopes + s * entries, intercepts + s * entries));
+  }
+}
+
+// grad_x = g * S_j for a run of one set.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void input_grad_run_impl(const scalar_t* __restrict__ g,
+                                           const scalar_t* __restrict__ x,
+                                           scalar_t* __restrict__ gx, int64_t len, acc_t lb,
+                                           acc_t inv, int n, const acc_t* __restrict__ slopes) {
+  for (int64_t k = 0; k < len; ++k) {
+    const int j = table_entry(interval_coordinate(static_cast<acc_t>(x[k]), lb, inv), n);
+    gx[k] = static_cast<scalar_t>(static_cast<acc_t>(g[k]) * slopes[j]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void input_grad_row_impl(const scalar_t* __restrict__ g,
+                                           const scalar_t* __restrict__ x,
+                                           scalar_t* __restrict__ gx, int64_t channels,
+                                           const acc_t* __restrict__ lbs,
+                                           const acc_t* __restrict__ invs, int n,
+                                           const acc_t* __restrict__ slopes) {
+  const int entries = n + 2;
+  for (int64_t c = 0; c < channels; ++c) {
+    const int j = table_entry(interval_coordinate(static_cast<acc_t>(x[c]), lbs[c], invs[c]), n);
+    gx[c] = static_cast<scalar_t>(static_cast<acc_t>(g[c]) * slopes[c * entries + j]);
+  }
+}
+
+#define PWLU_DEFINE_CLONED_LOOPS(scalar_t, acc_t)                                               \
+  PWLU_CPU_CLONES bool forward_run(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb,     \
+                                   acc_t inv, int n, const acc_t* s, const acc_t* o) {          \
+    return forward_run_impl<scalar_t, acc_t>(x, y, len, lb, inv, n, s, o);                      \
+  }                                                                                             \
+  PWLU_CPU_CLONES bool forward_row(const scalar_t* x, scalar_t* y, int64_t channels,           \
+                                   const acc_t* lbs, const acc_t* invs, int n, const acc_t* s,  \
+                                   const acc_t* o) {                                            \
+    return forward_row_impl<scalar_t, acc_t>(x, y, channels, lbs, invs, n, s, o);               \
+  }                                                                                             \
+  PWLU_CPU_CLONES void input_grad_run(const scalar_t* g, const scalar_t* x, scalar_t* gx,      \
+                                      int64_t len, acc_t lb, acc_t inv, int n,                  \
+                                      const acc_t* s) {                                         \
+    input_grad_run_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s);                         \
+  }                                                                                             \
+  PWLU_CPU_CLONES void input_grad_row(const scalar_t* g, const scalar_t* x, scalar_t* gx,      \
+                                      int64_t channels, const acc_t* lbs, const acc_t* invs,    \
+                                      int n, const acc_t* s) {                                  \
+    input_grad_row_impl<scalar_t, acc_t>(g, x, gx, channels, lbs, invs, n, s);                  \
+  }
+
+PWLU_DEFINE_CLONED_LOOPS(float, float)
+PWLU_DEFINE_CLONED_LOOPS(double, double)
+PWLU_DEFINE_CLONED_LOOPS(c10::Half, float)
+PWLU_DEFINE_CLONED_LOOPS(c10::BFloat16, float)
+#undef PWLU_DEFINE_CLONED_LOOPS
+
+// grad_x (when gx is not null) and the histogram of a run of one set. The histogram adds are
+// scatters, which no ISA vectorises; the loop stays scalar.
+template <typename scalar_t, typename acc_t>
+void param_grad_run(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                    scalar_t* __restrict__ gx, int64_t len, acc_t lb, acc_t inv, int n,
+                    const acc_t* __restrict__ slopes, acc_t* __restrict__ histogram) {
+  for (int64_t k = 0; k < len; ++k) {
+    const acc_t ga = static_cast<acc_t>(g[k]);
+    const acc_t t = interval_coordinate(static_cast<acc_t>(x[k]), lb, inv);
+    const int j = table_entry(t, n);
+    if (gx) gx[k] = static_cast<scalar_t>(ga * slopes[j]);
+    accumulate_element(histogram, ga, t, j, n);
+  }
+}
+
+// As param_grad_run, for runs of any length: float sums of more than a few thousand terms lose
+// precision, so the run is summed in pieces of kHistogramPiece whose sums are then added.
+constexpr int64_t kHistogramPiece = 4096;
+
+template <typename scalar_t, typename acc_t>
+void param_grad_long_run(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t len,
+                         acc_t lb, acc_t inv, int n, const acc_t* slopes, acc_t* histogram) {
+  const int width = histogram_width(n);
+  if (len <= kHistogramPiece) {
+    param_grad_run(g, x, gx, len, lb, inv, n, slopes, histogram);
+    return;
+  }
+  std::vector<acc_t> piece(width);
+  for (int64_t start = 0; start < len; start += kHistogramPiece) {
+    std::fill(piece.begin(), piece.end(), acc_t(0));
+    param_grad_run(g + start, x + start, gx ? gx + start : nullptr,
+                   std::min(kHistogramPiece, len - start), lb, inv, n, slopes, piece.data());
+    for (int w = 0; w < width; ++w) histogram[w] += piece[w];
+  }
+}
+
+// ---------------------------------------------------------------------------------- tables
+// Per-set geometry (structure of arrays, for the row loops) and (slope, intercept) tables.
 template <typename acc_t>
 struct CpuTables {
   std::vector<PwluRange<acc_t>> ranges;
-  std::vector<acc_t> slopes;
-  std::vector<acc_t> intercepts;
+  std::vector<acc_t> lbs, invs, slopes, intercepts;
+  int n;
   int entries;  // N + 2
 
-  CpuTables(const PwluParams& p) : entries(static_cast<int>(p.num_intervals) + 2) {
-    const int n = static_cast<int>(p.num_intervals);
+  explicit CpuTables(const PwluParams& p)
+      : n(static_cast<int>(p.num_intervals)), entries(static_cast<int>(p.num_intervals) + 2) {
     const acc_t* points = p.points.data_ptr<acc_t>();
     const acc_t* lb = p.left_bound.data_ptr<acc_t>();
     const acc_t* rb = p.right_bound.data_ptr<acc_t>();
     const acc_t* ls = p.left_slope.data_ptr<acc_t>();
     const acc_t* rs = p.right_slope.data_ptr<acc_t>();
     ranges.resize(p.num_sets);
+    lbs.resize(p.num_sets);
+    invs.resize(p.num_sets);
     slopes.resize(p.num_sets * entries);
     intercepts.resize(p.num_sets * entries);
     for (int64_t s = 0; s < p.num_sets; ++s) {
       ranges[s] = make_range<acc_t>(lb[s], rb[s], n);
+      lbs[s] = ranges[s].left_bound;
+      invs[s] = ranges[s].inv_width;
       for (int j = 0; j < entries; ++j) {
         table_pair<acc_t, acc_t>(points + s * (n + 1), ranges[s], ls[s], rs[s], j,
                                  &slopes[s * entries + j], &intercepts[s * entries + j]);
       }
     }
   }
+  bool shared() const { return ranges.size() == 1; }
+  const acc_t* slopes_of(int64_t s) const { return slopes.data() + s * entries; }
+  const acc_t* intercepts_of(int64_t s) const { return intercepts.data() + s * entries; }
 };
 
+// ----------------------------------------------------------------------------------- forward
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
                     const CpuTables<acc_t>& tab) {
-  const int n = tab.entries - 2;
-  const bool shared = tab.ranges.size() == 1;
-  // One element of set s: t, table entry, multiply-add.
-  auto element = [&](int64_t s, scalar_t xv) -> scalar_t {
-    const acc_t xa = static_cast<acc_t>(xv);
-    const PwluRange<acc_t>& r = tab.ranges[s];
-    const int j = table_entry(interval_coordinate(xa, r), n);
-    return static_cast<scalar_t>(
-        apply_piece(xa, tab.slopes[s * tab.entries + j], tab.intercepts[s * tab.entries + j]));
-  };
-  if (layout.inner > 1) {
-    const int64_t planes = layout.outer * layout.channels;
-    at::parallel_for(0, planes, std::max<int64_t>(1, 32768 / layout.inner),
+  if (tab.shared() || layout.inner > 1) {
+    // Runs of one set: the whole tensor (layer-wise) or one plane. Tasks are cut at plane
+    // boundaries only where the set changes.
+    const int64_t run = tab.shared() ? layout.numel() : layout.inner;
+    const int64_t runs = layout.numel() / run;
+    const int64_t chunk = std::min<int64_t>(run, kGrain);
+    const int64_t chunks_per_run = (run + chunk - 1) / chunk;
+    at::parallel_for(0, runs * chunks_per_run, std::max<int64_t>(1, kGrain / chunk),
                      [&](int64_t begin, int64_t end) {
-                       for (int64_t plane = begin; plane < end; ++plane) {
-                         const int64_t s = shared ? 0 : plane % layout.channels;
-                         const int64_t base = plane * layout.inner;
-                         for (int64_t k = 0; k < layout.inner; ++k) {
-                           y[base + k] = element(s, x[base + k]);
+                       for (int64_t task = begin; task < end; ++task) {
+                         const int64_t r = task / chunks_per_run;
+                         const int64_t offset = (task % chunks_per_run) * chunk;
+                         const int64_t s = tab.shared() ? 0 : r % layout.channels;
+                         const int64_t base = r * run + offset;
+                         const int64_t len = std::min(chunk, run - offset);
+                         if (forward_run(x + base, y + base, len, tab.lbs[s], tab.invs[s],
+                                         tab.n, tab.slopes_of(s), tab.intercepts_of(s))) {
+                           fix_infinities(x + base, y + base, len, 0, &tab.lbs[s],
+                                          &tab.invs[s], tab.n, tab.slopes_of(s),
+                                          tab.intercepts_of(s));
                          }
                        }
                      });
-  } else {
-    at::parallel_for(0, layout.outer, std::max<int64_t>(1, 32768 / layout.channels),
-                     [&](int64_t begin, int64_t end) {
-                       for (int64_t row = begin; row < end; ++row) {
-                         const int64_t base = row * layout.channels;
-                         for (int64_t c = 0; c < layout.channels; ++c) {
-                           y[base + c] = element(shared ? 0 : c, x[base + c]);
-                         }
-                       }
-                     });
+    return;
   }
+  const int64_t channels = layout.channels;
+  at::parallel_for(0, layout.outer, std::max<int64_t>(1, kGrain / channels),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t row = begin; row < end; ++row) {
+                       const int64_t base = row * channels;
+                       if (forward_row(x + base, y + base, channels, tab.lbs.data(),
+                                       tab.invs.data(), tab.n, tab.slopes.data(),
+                                       tab.intercepts.data())) {
+                         fix_infinities(x + base, y + base, channels, channels, tab.lbs.data(),
+                                        tab.invs.data(), tab.n, tab.slopes.data(),
+                                        tab.intercepts.data());
+                       }
+                     }
+                   });
 }
 
-// Backward. grad_x (may be null) gets g * S_j. When param_acc is given, each channel c's
-// parameter gradient is summed into param_acc[c * W .. c * W + W) (W = N + 5), in a fixed order
-// independent of the thread count, so results are reproducible bit for bit.
+// -------------------------------------------------------------------------------- backward
+// grad_x only (frozen parameters): as the forward, with g * S_j.
 template <typename scalar_t, typename acc_t>
-void backward_kernel(const scalar_t* grad_out, const scalar_t* x, scalar_t* grad_x,
-                     acc_t* param_acc, const PwluLayout& layout, const CpuTables<acc_t>& tab) {
-  const int n = tab.entries - 2;
-  const int width = param_grad_width(n);
-  const bool shared = tab.ranges.size() == 1;
-  // Processes one element of set s; adds its parameter gradient to acc when acc is not null.
-  auto element = [&](int64_t s, int64_t i, acc_t* acc) {
-    const acc_t xa = static_cast<acc_t>(x[i]);
-    const acc_t g = static_cast<acc_t>(grad_out[i]);
-    const PwluRange<acc_t>& r = tab.ranges[s];
-    const acc_t t = interval_coordinate(xa, r);
-    const int j = table_entry(t, n);
-    const acc_t slope = tab.slopes[s * tab.entries + j];
-    if (grad_x) grad_x[i] = static_cast<scalar_t>(g * slope);
-    if (acc) accumulate_param_grad(acc, element_param_grad(g, xa, t, j, slope, r), n);
-  };
+void input_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
+                       const PwluLayout& layout, const CpuTables<acc_t>& tab) {
+  if (tab.shared() || layout.inner > 1) {
+    const int64_t run = tab.shared() ? layout.numel() : layout.inner;
+    const int64_t runs = layout.numel() / run;
+    const int64_t chunk = std::min<int64_t>(run, kGrain);
+    const int64_t chunks_per_run = (run + chunk - 1) / chunk;
+    at::parallel_for(0, runs * chunks_per_run, std::max<int64_t>(1, kGrain / chunk),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t task = begin; task < end; ++task) {
+                         const int64_t r = task / chunks_per_run;
+                         const int64_t offset = (task % chunks_per_run) * chunk;
+                         const int64_t s = tab.shared() ? 0 : r % layout.channels;
+                         const int64_t base = r * run + offset;
+                         input_grad_run(g + base, x + base, gx + base,
+                                        std::min(chunk, run - offset), tab.lbs[s], tab.invs[s],
+                                        tab.n, tab.slopes_of(s));
+                       }
+                     });
+    return;
+  }
+  const int64_t channels = layout.channels;
+  at::parallel_for(0, layout.outer, std::max<int64_t>(1, kGrain / channels),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t row = begin; row < end; ++row) {
+                       const int64_t base = row * channels;
+                       input_grad_row(g + base, x + base, gx + base, channels, tab.lbs.data(),
+                                      tab.invs.data(), tab.n, tab.slopes.data());
+                     }
+                   });
+}
 
-  if (layout.inner > 1) {
-    // Parallel over channels; within a channel, plane sums are added in plane order.
-    at::parallel_for(0, layout.channels, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> plane_acc(width);
+// grad_x (gx may be null) and the per-set histograms, histograms[s * W .. s * W + W),
+// W = histogram_width(N). The work is cut into blocks that depend on the shape only; each block
+// fills its own histograms and blocks are added in block order.
+template <typename scalar_t, typename acc_t>
+void param_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
+                       const PwluLayout& layout, const CpuTables<acc_t>& tab,
+                       acc_t* histograms) {
+  const int n = tab.n;
+  const int width = histogram_width(n);
+  const int64_t sets = static_cast<int64_t>(tab.ranges.size());
+  const int64_t channels = layout.channels;
+
+  if (!tab.shared() && layout.inner > 1) {
+    // One task per channel; within it, plane histograms are added in plane order.
+    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> plane(width);
       for (int64_t c = begin; c < end; ++c) {
-        const int64_t s = shared ? 0 : c;
-        acc_t* channel_acc = param_acc ? param_acc + c * width : nullptr;
+        acc_t* hist = histograms + c * width;
         for (int64_t o = 0; o < layout.outer; ++o) {
-          const int64_t base = (o * layout.channels + c) * layout.inner;
-          std::fill(plane_acc.begin(), plane_acc.end(), acc_t(0));
-          acc_t* acc = channel_acc ? plane_acc.data() : nullptr;
-          for (int64_t k = 0; k < layout.inner; ++k) element(s, base + k, acc);
-          if (channel_acc) {
-            for (int w = 0; w < width; ++w) channel_acc[w] += plane_acc[w];
-          }
+          const int64_t base = (o * channels + c) * layout.inner;
+          std::fill(plane.begin(), plane.end(), acc_t(0));
+          param_grad_long_run(g + base, x + base, gx ? gx + base : nullptr, layout.inner,
+                              tab.lbs[c], tab.invs[c], n, tab.slopes_of(c), plane.data());
+          for (int w = 0; w < width; ++w) hist[w] += plane[w];
         }
       }
     });
     return;
   }
 
-  // Interleaved channels: rows are cut into a fixed number of blocks (a function of the shape
-  // only), each summing into its own accumulators; blocks are then added in block order.
-  const int64_t rows = layout.outer;
-  const int64_t channels = layout.channels;
-  if (!param_acc) {
-    at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / channels),
-                     [&](int64_t begin, int64_t end) {
-                       for (int64_t row = begin; row < end; ++row) {
-                         for (int64_t c = 0; c < channels; ++c) {
-                           element(shared ? 0 : c, row * channels + c, nullptr);
-                         }
-                       }
-                     });
-    return;
-  }
-  const int64_t target_blocks = std::max<int64_t>(1, rows * channels / 65536);
-  const int64_t num_blocks = std::min<int64_t>({target_blocks, 64, rows});
+  // Layer-wise (one flat run) or interleaved channels (rows of C).
+  const int64_t row = tab.shared() ? 1 : channels;
+  const int64_t rows = layout.numel() / row;
+  const int64_t num_blocks = std::max<int64_t>(
+      1, std::min<int64_t>({layout.numel() / 65536, 64, rows}));
   const int64_t rows_per_block = (rows + num_blocks - 1) / num_blocks;
-  std::vector<acc_t> block_acc(num_blocks * channels * width, acc_t(0));
+  std::vector<acc_t> block_hist(num_blocks * sets * width, acc_t(0));
   at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      acc_t* acc = block_acc.data() + b * channels * width;
-      const int64_t row_end = std::min(rows, (b + 1) * rows_per_block);
-      for (int64_t row = b * rows_per_block; row < row_end; ++row) {
+      acc_t* hist = block_hist.data() + b * sets * width;
+      const int64_t first = b * rows_per_block;
+      const int64_t last = std::min(rows, first + rows_per_block);
+      if (first >= last) continue;
+      if (tab.shared()) {
+        param_grad_long_run(g + first, x + first, gx ? gx + first : nullptr, last - first,
+                            tab.lbs[0], tab.invs[0], n, tab.slopes_of(0), hist);
+        continue;
+      }
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t base = r * channels;
         for (int64_t c = 0; c < channels; ++c) {
-          element(shared ? 0 : c, row * channels + c, acc + c * width);
+          param_grad_run(g + base + c, x + base + c, gx ? gx + base + c : nullptr, 1,
+                         tab.lbs[c], tab.invs[c], n, tab.slopes_of(c), hist + c * width);
         }
       }
     }
   });
   for (int64_t b = 0; b < num_blocks; ++b) {
-    const acc_t* acc = block_acc.data() + b * channels * width;
-    for (int64_t k = 0; k < channels * width; ++k) param_acc[k] += acc[k];
+    const acc_t* hist = block_hist.data() + b * sets * width;
+    for (int64_t k = 0; k < sets * width; ++k) histograms[k] += hist[k];
   }
 }
 
@@ -176,7 +367,7 @@ at::Tensor pwlu_forward_cpu(const at::Tensor& x, const at::Tensor& points,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_forward_cpu",
                                   [&] {
                                     using acc_t = at::opmath_type<scalar_t>;
-                                    CpuTables<acc_t> tables(params);
+                                    const CpuTables<acc_t> tables(params);
                                     forward_kernel<scalar_t, acc_t>(xc.const_data_ptr<scalar_t>(),
                                                                     y.data_ptr<scalar_t>(), layout,
                                                                     tables);
@@ -184,25 +375,25 @@ at::Tensor pwlu_forward_cpu(const at::Tensor& x, const at::Tensor& points,
   return y;
 }
 
-PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& points,
-                  const at::Tensor& left_bound, const at::Tensor& right_bound,
-                  const at::Tensor& left_slope, const at::Tensor& right_slope, bool input_grad,
-                  bool param_grads) {
+PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
+                            const at::Tensor& points, const at::Tensor& left_bound,
+                            const at::Tensor& right_bound, const at::Tensor& left_slope,
+                            const at::Tensor& right_slope, bool input_grad, bool param_grads) {
   check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope);
   TORCH_CHECK_VALUE(grad_output.sizes() == x.sizes(), "pwlu_backward: grad_output has shape ",
-              grad_output.sizes(), " but x has ", x.sizes());
+                    grad_output.sizes(), " but x has ", x.sizes());
   const at::MemoryFormat format = output_memory_format(x);
   const at::Tensor xc = x.contiguous(format);
   const at::Tensor gc = grad_output.to(x.scalar_type()).contiguous(format);
-  const int64_t n = points.size(1) - 1;
-  const int64_t width = param_grad_width(static_cast<int>(n));
+  const int n = static_cast<int>(points.size(1) - 1);
+  const int64_t sets = points.size(0);
   const at::ScalarType acc_type = compute_type(x);
 
   at::Tensor grad_x = input_grad ? at::empty_like(xc, xc.options(), format)
                                  : at::empty({0}, x.options());
-  // Per-channel accumulators [Y_0..Y_N, B_L, B_R, K_L, K_R], summed over sets below.
-  at::Tensor channel_acc = param_grads ? at::zeros({x.size(1), width}, x.options().dtype(acc_type))
-                                       : at::Tensor();
+  at::Tensor set_grads = param_grads
+                             ? at::zeros({sets, param_grad_width(n)}, x.options().dtype(acc_type))
+                             : at::Tensor();
   if (x.numel() > 0 && (input_grad || param_grads)) {
     const PwluLayout layout = make_layout(xc, format);
     const PwluParams params =
@@ -210,18 +401,26 @@ PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x, 
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_backward_cpu", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          CpuTables<acc_t> tables(params);
-          backward_kernel<scalar_t, acc_t>(
-              gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-              input_grad ? grad_x.data_ptr<scalar_t>() : nullptr,
-              param_grads ? channel_acc.data_ptr<acc_t>() : nullptr, layout, tables);
+          const CpuTables<acc_t> tables(params);
+          const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+          const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+          scalar_t* gxp = input_grad ? grad_x.data_ptr<scalar_t>() : nullptr;
+          if (!param_grads) {
+            input_grad_kernel<scalar_t, acc_t>(gp, xp, gxp, layout, tables);
+            return;
+          }
+          const int width = histogram_width(n);
+          // Channel-wise: one histogram per channel; layer-wise: one for the whole tensor.
+          std::vector<acc_t> histograms(sets * width, acc_t(0));
+          param_grad_kernel<scalar_t, acc_t>(gp, xp, gxp, layout, tables, histograms.data());
+          acc_t* out = set_grads.data_ptr<acc_t>();
+          for (int64_t s = 0; s < sets; ++s) {
+            histogram_to_param_grads(histograms.data() + s * width, tables.slopes_of(s),
+                                     tables.ranges[s], out + s * param_grad_width(n));
+          }
         });
   }
-  if (!param_grads) return pack_grads(grad_x, at::Tensor(), points);
-  // Layer-wise: the one set shared by all channels receives the sum over channels.
-  return pack_grads(grad_x,
-                    points.size(0) == 1 ? channel_acc.sum(0, /*keepdim=*/true) : channel_acc,
-                    points);
+  return pack_grads(grad_x, set_grads, points);
 }
 
 }  // namespace

@@ -4,11 +4,11 @@
 // 1. A tiny kernel turns the raw parameters into per-set ranges and (slope, intercept) tables.
 // 2. The forward is element-wise: one table look-up and one multiply-add per element, with
 //    16-byte vector loads and stores when the buffers allow.
-// 3. The backward writes grad_x element-wise and, when parameter gradients are wanted, reduces
-//    them deterministically in two stages: every block sums a fixed slice of one channel (each
-//    thread in private shared-memory accumulators, then the threads in a fixed order), and a
-//    second kernel adds the block partials in a fixed order. No float atomics: two backward
-//    passes give bit-identical gradients.
+// 3. The backward writes grad_x element-wise and, when parameter gradients are wanted, builds
+//    the gradient histograms deterministically in two stages: every block sums a fixed slice of
+//    one channel (each thread in a private shared-memory histogram, then the threads in a fixed
+//    order), and a second kernel adds the block partials in a fixed order and converts them to
+//    parameter gradients. No float atomics: two backward passes give bit-identical gradients.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -98,9 +98,9 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t forward_element(acc_t x, int64_t s,
                                                  const DeviceTables<acc_t>& tab) {
   const PwluRange<acc_t> r = tab.ranges[s];
-  const int j = table_entry(interval_coordinate(x, r), tab.num_intervals);
-  const int64_t e = s * (tab.num_intervals + 2) + j;
-  return apply_piece(x, __ldg(tab.slopes + e), __ldg(tab.intercepts + e));
+  const int64_t e = s * (tab.num_intervals + 2);
+  return forward_value(x, r.left_bound, r.inv_width, tab.num_intervals, tab.slopes + e,
+                       tab.intercepts + e);
 }
 
 template <typename T, int N>
@@ -147,27 +147,30 @@ __global__ void input_grad_kernel(const scalar_t* __restrict__ grad_out,
        i += stride) {
     const int64_t s = set_of(i, channels, inner, tab.shared);
     const PwluRange<acc_t> r = tab.ranges[s];
-    const int j = table_entry(interval_coordinate(static_cast<acc_t>(x[i]), r),
-                              tab.num_intervals);
+    const int j = table_entry(
+        interval_coordinate(static_cast<acc_t>(x[i]), r.left_bound, r.inv_width),
+        tab.num_intervals);
     const acc_t slope = __ldg(tab.slopes + s * (tab.num_intervals + 2) + j);
     grad_x[i] = static_cast<scalar_t>(static_cast<acc_t>(grad_out[i]) * slope);
   }
 }
 
-// Stage 1 of the parameter-gradient reduction. Block c * blocks + b handles elements
-// [b * chunk, (b + 1) * chunk) of channel c (element e of channel c lies at
-// (e / inner * C + c) * inner + e % inner) and writes its sums to partial[(c * blocks + b) * W].
+// Stage 1 of the parameter-gradient reduction: the gradient histograms (pwlu_element.h).
+// Block c * blocks + b handles elements [b * chunk, (b + 1) * chunk) of channel c (element e of
+// channel c lies at (e / inner * C + c) * inner + e % inner); each thread sums into its own
+// shared-memory histogram, then the threads' histograms are added in thread order and written
+// to partial[blockIdx.x * W], W = histogram_width(N).
 template <typename scalar_t, typename acc_t>
-__global__ void param_grad_partial_kernel(const scalar_t* __restrict__ grad_out,
-                                          const scalar_t* __restrict__ x,
-                                          scalar_t* __restrict__ grad_x, int64_t per_channel,
-                                          int64_t blocks, int64_t chunk, int64_t channels,
-                                          int64_t inner,
-                                          DeviceTables<acc_t> tab, acc_t* __restrict__ partial) {
+__global__ void histogram_partial_kernel(const scalar_t* __restrict__ grad_out,
+                                         const scalar_t* __restrict__ x,
+                                         scalar_t* __restrict__ grad_x, int64_t per_channel,
+                                         int64_t blocks, int64_t chunk, int64_t channels,
+                                         int64_t inner, DeviceTables<acc_t> tab,
+                                         acc_t* __restrict__ partial) {
   extern __shared__ unsigned char smem_raw[];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
   const int n = tab.num_intervals;
-  const int width = param_grad_width(n);
+  const int width = histogram_width(n);
   const int64_t c = blockIdx.x / blocks;
   const int64_t b = blockIdx.x % blocks;
   const int64_t s = tab.shared ? 0 : c;
@@ -180,16 +183,13 @@ __global__ void param_grad_partial_kernel(const scalar_t* __restrict__ grad_out,
   const int64_t end = begin + chunk < per_channel ? begin + chunk : per_channel;
   for (int64_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
     const int64_t i = (e / inner * channels + c) * inner + e % inner;
-    const acc_t xa = static_cast<acc_t>(x[i]);
     const acc_t g = static_cast<acc_t>(grad_out[i]);
-    const acc_t t = interval_coordinate(xa, r);
+    const acc_t t = interval_coordinate(static_cast<acc_t>(x[i]), r.left_bound, r.inv_width);
     const int j = table_entry(t, n);
-    const acc_t slope = __ldg(slopes + j);
-    if (grad_x) grad_x[i] = static_cast<scalar_t>(g * slope);
-    accumulate_param_grad(mine, element_param_grad(g, xa, t, j, slope, r), n);
+    if (grad_x) grad_x[i] = static_cast<scalar_t>(g * __ldg(slopes + j));
+    accumulate_element(mine, g, t, j, n);
   }
   __syncthreads();
-  // Fixed-order sum over the threads, one slot per thread.
   acc_t* out = partial + static_cast<int64_t>(blockIdx.x) * width;
   for (int w = threadIdx.x; w < width; w += blockDim.x) {
     acc_t sum = acc_t(0);
@@ -198,22 +198,31 @@ __global__ void param_grad_partial_kernel(const scalar_t* __restrict__ grad_out,
   }
 }
 
-// Stage 2: grads[set][w] = sum over the set's channels and blocks, in index order.
+// Stage 2, one block per parameter set: adds the set's partial histograms (its channels' blocks,
+// in index order), then converts the histogram into the set's parameter gradients.
 template <typename acc_t>
 __global__ void param_grad_final_kernel(const acc_t* __restrict__ partial, int64_t channels,
-                                        int64_t blocks, int width, int64_t num_sets,
+                                        int64_t blocks, DeviceTables<acc_t> tab,
                                         acc_t* __restrict__ grads) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= num_sets * width) return;
-  const int64_t s = i / width;
-  const int w = static_cast<int>(i % width);
-  const int64_t c_begin = num_sets == 1 ? 0 : s;
-  const int64_t c_end = num_sets == 1 ? channels : s + 1;
-  acc_t sum = acc_t(0);
-  for (int64_t c = c_begin; c < c_end; ++c) {
-    for (int64_t b = 0; b < blocks; ++b) sum += partial[(c * blocks + b) * width + w];
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* histogram = reinterpret_cast<acc_t*>(smem_raw);
+  const int n = tab.num_intervals;
+  const int width = histogram_width(n);
+  const int64_t s = blockIdx.x;
+  const int64_t c_begin = tab.shared ? 0 : s;
+  const int64_t c_end = tab.shared ? channels : s + 1;
+  for (int w = threadIdx.x; w < width; w += blockDim.x) {
+    acc_t sum = acc_t(0);
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      for (int64_t b = 0; b < blocks; ++b) sum += partial[(c * blocks + b) * width + w];
+    }
+    histogram[w] = sum;
   }
-  grads[i] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    histogram_to_param_grads(histogram, tab.slopes + s * (n + 2), tab.ranges[s],
+                             grads + s * param_grad_width(n));
+  }
 }
 
 int64_t grid_for(int64_t work, int threads) {
@@ -274,14 +283,15 @@ PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
   const at::Tensor xc = x.contiguous(format);
   const at::Tensor gc = grad_output.to(x.scalar_type()).contiguous(format);
   const int64_t n = points.size(1) - 1;
-  const int width = param_grad_width(static_cast<int>(n));
   const at::ScalarType acc_type = compute_type(x);
   const int64_t num_sets = points.size(0);
 
   at::Tensor grad_x = input_grad ? at::empty_like(xc, xc.options(), format)
                                  : at::empty({0}, x.options());
-  at::Tensor set_acc = param_grads ? at::zeros({num_sets, width}, x.options().dtype(acc_type))
-                                   : at::Tensor();
+  at::Tensor set_grads =
+      param_grads ? at::zeros({num_sets, param_grad_width(static_cast<int>(n))},
+                              x.options().dtype(acc_type))
+                  : at::Tensor();
   if (x.numel() > 0 && (input_grad || param_grads)) {
     const PwluLayout layout = make_layout(xc, format);
     const PwluParams params =
@@ -307,29 +317,29 @@ PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
           const int64_t blocks = std::min<int64_t>(
               std::max<int64_t>(1, (per_channel + 4095) / 4096), 1024);
           const int64_t chunk = (per_channel + blocks - 1) / blocks;
-          // Each thread owns `width` shared accumulators; fewer threads when K is large.
+          // Each thread owns a shared-memory histogram; fewer threads when K is large.
+          const int width = histogram_width(static_cast<int>(n));
           const int64_t by_smem = static_cast<int64_t>(48 * 1024) / (width * sizeof(acc_t));
           TORCH_CHECK(by_smem >= 1, "pwlu_backward: too many intervals (", n,
                       ") for the CUDA kernel's shared memory");
-          const int threads = static_cast<int>(std::max<int64_t>(
-              1, by_smem >= 32 ? std::min<int64_t>(kThreads, by_smem / 32 * 32) : by_smem));
+          const int threads = static_cast<int>(
+              by_smem >= 32 ? std::min<int64_t>(kThreads, by_smem / 32 * 32) : by_smem);
           at::Tensor partial =
               at::empty({layout.channels * blocks * width}, x.options().dtype(acc_type));
-          param_grad_partial_kernel<scalar_t, acc_t>
+          histogram_partial_kernel<scalar_t, acc_t>
               <<<static_cast<unsigned>(layout.channels * blocks), threads,
                  threads * width * sizeof(acc_t), stream>>>(
                   gp, xp, gxp, per_channel, blocks, chunk, layout.channels, layout.inner,
-                  tables.view,
-                  partial.data_ptr<acc_t>());
+                  tables.view, partial.data_ptr<acc_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           param_grad_final_kernel<acc_t>
-              <<<grid_for(num_sets * width, kThreads), kThreads, 0, stream>>>(
-                  partial.data_ptr<acc_t>(), layout.channels, blocks, width, num_sets,
-                  set_acc.data_ptr<acc_t>());
+              <<<static_cast<unsigned>(num_sets), 32, width * sizeof(acc_t), stream>>>(
+                  partial.data_ptr<acc_t>(), layout.channels, blocks, tables.view,
+                  set_grads.data_ptr<acc_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   }
-  return pack_grads(grad_x, set_acc, points);
+  return pack_grads(grad_x, set_grads, points);
 }
 
 }  // namespace

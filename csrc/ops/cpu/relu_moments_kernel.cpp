@@ -1,0 +1,171 @@
+// CPU kernel of pwlu_mmdet::relu_with_moments: PWLU's phase I (ReLU output plus the input's
+// per-channel statistics) in one pass over x instead of three.
+//
+// x is cut into pieces of at most kPiece elements of one statistics set; each piece is read
+// twice while it is in cache (sum, then squared deviations from the piece's mean), and pieces
+// are combined exactly (moments.h) in an order that depends on the shape only.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../moments.h"
+#include "../pwlu_common.h"
+
+namespace pwlu_mmdet {
+namespace ops {
+
+namespace {
+
+constexpr int64_t kPiece = 4096;
+
+// y = relu(x) over a run (NaN stays NaN, as torch.relu) and the run's moments.
+template <typename scalar_t, typename acc_t>
+Moments relu_moments_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t len) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < len; ++k) {
+    const acc_t v = static_cast<acc_t>(x[k]);
+    sum += v;
+    y[k] = v < acc_t(0) ? scalar_t(0) : x[k];
+  }
+  const acc_t mean = sum / static_cast<acc_t>(len);
+  acc_t m2 = 0;
+#pragma omp simd reduction(+ : m2)
+  for (int64_t k = 0; k < len; ++k) {
+    const acc_t d = static_cast<acc_t>(x[k]) - mean;
+    m2 += d * d;
+  }
+  Moments m;
+  m.count = static_cast<double>(len);
+  m.mean = static_cast<double>(mean);
+  m.m2 = static_cast<double>(m2);
+  return m;
+}
+
+// A long run, piece by piece.
+template <typename scalar_t, typename acc_t>
+Moments relu_moments_long_run(const scalar_t* x, scalar_t* y, int64_t len) {
+  Moments total;
+  for (int64_t start = 0; start < len; start += kPiece) {
+    total = combine_moments(
+        total, relu_moments_run<scalar_t, acc_t>(x + start, y + start,
+                                                  std::min(kPiece, len - start)));
+  }
+  return total;
+}
+
+// Moments of every set; sets = C (per channel) or 1.
+template <typename scalar_t, typename acc_t>
+std::vector<Moments> relu_moments_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
+                                         bool per_channel) {
+  const int64_t channels = layout.channels;
+  if (per_channel && layout.inner > 1) {
+    std::vector<Moments> out(channels);
+    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        for (int64_t o = 0; o < layout.outer; ++o) {
+          const int64_t base = (o * channels + c) * layout.inner;
+          out[c] = combine_moments(
+              out[c], relu_moments_long_run<scalar_t, acc_t>(x + base, y + base, layout.inner));
+        }
+      }
+    });
+    return out;
+  }
+  // Blocks of whole rows (one flat run when not per channel), combined in block order.
+  const int64_t row = per_channel ? channels : 1;
+  const int64_t rows = layout.numel() / row;
+  const int64_t rows_per_block = std::max<int64_t>(1, kPiece * 4 / row);
+  const int64_t num_blocks = (rows + rows_per_block - 1) / rows_per_block;
+  const int64_t sets = per_channel ? channels : 1;
+  std::vector<Moments> block_moments(num_blocks * sets);
+  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sum(sets), m2(sets);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * rows_per_block;
+      const int64_t last = std::min(rows, first + rows_per_block);
+      Moments* mine = block_moments.data() + b * sets;
+      if (!per_channel) {
+        mine[0] = relu_moments_long_run<scalar_t, acc_t>(x + first, y + first, last - first);
+        continue;
+      }
+      // Interleaved channels: per-channel sums over the block's rows, then deviations.
+      std::fill(sum.begin(), sum.end(), acc_t(0));
+      std::fill(m2.begin(), m2.end(), acc_t(0));
+      for (int64_t r = first; r < last; ++r) {
+        const scalar_t* xr = x + r * channels;
+        scalar_t* yr = y + r * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          const acc_t v = static_cast<acc_t>(xr[c]);
+          sum[c] += v;
+          yr[c] = v < acc_t(0) ? scalar_t(0) : xr[c];
+        }
+      }
+      const acc_t count = static_cast<acc_t>(last - first);
+      for (int64_t c = 0; c < channels; ++c) sum[c] /= count;  // now the block mean
+      for (int64_t r = first; r < last; ++r) {
+        const scalar_t* xr = x + r * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          const acc_t d = static_cast<acc_t>(xr[c]) - sum[c];
+          m2[c] += d * d;
+        }
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        mine[c].count = static_cast<double>(count);
+        mine[c].mean = static_cast<double>(sum[c]);
+        mine[c].m2 = static_cast<double>(m2[c]);
+      }
+    }
+  });
+  std::vector<Moments> out(sets);
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    for (int64_t s = 0; s < sets; ++s) {
+      out[s] = combine_moments(out[s], block_moments[b * sets + s]);
+    }
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_cpu(const at::Tensor& x,
+                                                                     bool per_channel) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
+                   "relu_with_moments: x must be a floating-point tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 2,
+                    "relu_with_moments: x must have shape (N, C) or (N, C, *spatial), got ",
+                    x.sizes());
+  const at::MemoryFormat format = output_memory_format(x);
+  const at::Tensor xc = x.contiguous(format);
+  at::Tensor y = at::empty_like(xc, xc.options(), format);
+  const int64_t sets = per_channel ? x.size(1) : 1;
+  const auto stat_options = x.options().dtype(compute_type(x));
+  at::Tensor mean = at::zeros({sets}, stat_options);
+  at::Tensor var = at::zeros({sets}, stat_options);
+  if (x.numel() == 0) return {y, mean, var};
+  const PwluLayout layout = make_layout(xc, format);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "relu_with_moments_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const std::vector<Moments> moments = relu_moments_kernel<scalar_t, acc_t>(
+            xc.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), layout, per_channel);
+        acc_t* mp = mean.data_ptr<acc_t>();
+        acc_t* vp = var.data_ptr<acc_t>();
+        for (int64_t s = 0; s < sets; ++s) {
+          mp[s] = static_cast<acc_t>(moments[s].mean);
+          vp[s] = static_cast<acc_t>(moments[s].m2 / moments[s].count);
+        }
+      });
+  return {y, mean, var};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pwlu_mmdet, CPU, m) {
+  m.impl("relu_with_moments", &relu_with_moments_cpu);
+}
+
+}  // namespace ops
+}  // namespace pwlu_mmdet

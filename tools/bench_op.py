@@ -1,0 +1,173 @@
+"""Benchmark of the PWLU op against ReLU and SiLU: forward, forward+backward and phase I.
+
+Every implementation runs side by side in one process on the same input; times are medians and
+ratios are to ReLU's time in the same mode.
+
+Example:
+    python tools/bench_op.py --shape 8 256 64 64 --device cpu --dtype float32
+    python tools/bench_op.py --device cuda --dtype bfloat16 --markdown
+"""
+import argparse
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from pwlu_mmdet.ops import compiled_available, pwlu, pwlu_reference
+
+DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16,
+          'float64': torch.float64}
+
+
+def make_params(channels: int, num_intervals: int, device, dtype=torch.float32):
+    """A realigned-looking PWLU: range [-2.5, 3] with a non-trivial shape."""
+    g = torch.Generator().manual_seed(0)
+    lb = torch.full((channels, ), -2.5)
+    rb = torch.full((channels, ), 3.0)
+    grid = torch.linspace(-2.5, 3.0, num_intervals + 1)
+    points = torch.relu(grid).expand(channels, -1) + 0.05 * torch.randn(
+        channels, num_intervals + 1, generator=g)
+    ls = torch.full((channels, ), 0.01)
+    rs = torch.ones(channels)
+    return [t.to(device=device, dtype=dtype).contiguous() for t in (points, lb, rb, ls, rs)]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], None], device: torch.device, repeat: int, warmup: int) -> float:
+    """Median wall time in ms (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeat):
+        if device.type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def phase_one_stats(x: torch.Tensor) -> None:
+    """Phase I as the PWLU layer runs it: ReLU output plus per-channel statistics."""
+    from pwlu_mmdet.ops import relu_with_moments
+    return relu_with_moments(x)
+
+
+def build_cases(x: torch.Tensor, params: List[torch.Tensor], with_compile: bool,
+                with_reference: bool) -> Dict[str, Dict[str, Optional[Callable]]]:
+    """name -> {mode -> callable}; a mode's callable runs forward (and backward) once."""
+    x_grad = x.detach().clone().requires_grad_()
+    p_grad = [p.detach().clone().requires_grad_() for p in params]
+    grad_out = torch.ones_like(x)
+
+    def fwd(fn, *args):
+        def run():
+            with torch.no_grad():
+                fn(*args)
+        return run
+
+    def fwd_bwd(fn, *args):
+        def run():
+            fn(*args).backward(grad_out)
+        return run
+
+    cases = {
+        'ReLU': {'forward': fwd(torch.relu, x), 'forward+backward': fwd_bwd(torch.relu, x_grad)},
+        'SiLU': {'forward': fwd(F.silu, x), 'forward+backward': fwd_bwd(F.silu, x_grad)},
+    }
+    if with_reference:
+        cases['reference (eager)'] = {
+            'forward': fwd(pwlu_reference, x, *params),
+            'forward+backward': fwd_bwd(pwlu_reference, x_grad, *p_grad)}
+    if with_compile:
+        compiled_ref = torch.compile(pwlu_reference, dynamic=False)
+        cases['reference (torch.compile)'] = {
+            'forward': fwd(compiled_ref, x, *params),
+            'forward+backward': fwd_bwd(compiled_ref, x_grad, *p_grad)}
+    if compiled_available():
+        cases['PWLU op'] = {
+            'forward': fwd(pwlu, x, *params),
+            'forward+backward': fwd_bwd(pwlu, x_grad, *p_grad),
+            # phase I: ReLU output with the fused statistics, frozen parameters (grad_x only)
+            'phase I forward': fwd(phase_one_stats, x),
+            'phase I forward+backward': (
+                lambda: phase_one_stats(x_grad)[0].backward(grad_out)),
+        }
+        cases['ReLU']['phase I forward'] = cases['ReLU']['forward']
+        cases['ReLU']['phase I forward+backward'] = cases['ReLU']['forward+backward']
+    return cases
+
+
+def run(args) -> List[dict]:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    torch.manual_seed(0)
+    x = torch.randn(*args.shape, device=device, dtype=torch.float32).mul_(1.5).to(dtype)
+    if args.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    params = make_params(x.shape[1], args.intervals, device, param_dtype)
+    cases = build_cases(x, params, not args.no_compile, not args.no_reference)
+    rows = []
+    for name, modes in cases.items():
+        for mode, fn in modes.items():
+            ms = time_fn(fn, device, args.repeat, args.warmup)
+            rows.append(dict(impl=name, mode=mode, ms=ms))
+    relu = {r['mode']: r['ms'] for r in rows if r['impl'] == 'ReLU'}
+    for r in rows:
+        r['ratio'] = r['ms'] / relu[r['mode']]
+    if device.type == 'cuda':
+        nbytes = x.numel() * x.element_size()
+        copy_ms = time_fn(lambda: x.clone(), device, args.repeat, args.warmup)
+        rows.append(dict(impl='copy (x.clone)', mode='read+write', ms=copy_ms,
+                         ratio=copy_ms / relu['forward'],
+                         gbps=2 * nbytes / copy_ms / 1e6))
+    return rows
+
+
+def format_table(rows: List[dict], args) -> str:
+    head = (f'shape {tuple(args.shape)}, {args.dtype}, {args.device}'
+            f'{", channels_last" if args.channels_last else ""}, K={args.intervals}, '
+            f'median of {args.repeat}, torch {torch.__version__}, {torch.get_num_threads()} '
+            f'threads, {platform.processor() or platform.machine()}')
+    lines = [head, '', '| implementation | mode | ms | x ReLU |', '|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['impl']} | {r['mode']} | {r['ms']:.2f} | {r['ratio']:.2f} |")
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--shape', type=int, nargs='+', default=[8, 256, 64, 64])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', default='float32', choices=sorted(DTYPES))
+    parser.add_argument('--intervals', type=int, default=16)
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--repeat', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--no-compile', action='store_true', help='skip torch.compile')
+    parser.add_argument('--no-reference', action='store_true', help='skip the eager reference')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print(format_table(run(args), args))
+
+
+if __name__ == '__main__':
+    main()
