@@ -45,7 +45,10 @@ def test_registered_and_validates_arguments():
 @pytest.mark.parametrize('realign_iter', [2, 5])
 def test_switch_exactly_once_at_t(tmp_path, realign_calls, realign_iter):
     calls, state = realign_calls
-    runner = Runner(**tiny_runner_cfg(str(tmp_path), 8, realign_iter, log_level='INFO'))
+    # A unique experiment name: mmengine shares the logger and visualizer instances of runners
+    # created within the same second (the default name is a timestamp).
+    runner = Runner(**tiny_runner_cfg(str(tmp_path), 8, realign_iter, log_level='INFO',
+                                      experiment_name=f'hook_once_{realign_iter}_{id(tmp_path)}'))
     state['runner'] = runner
     layers = [runner.model.act1, runner.model.act2]
     runner.train()

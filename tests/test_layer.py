@@ -60,7 +60,7 @@ def test_initialised_as_relu():
 
 # ------------------------------------------------------------------------------- phase I
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
-def test_phase_one_is_exactly_relu(dtype):
+def test_phase_one_is_exactly_relu(dtype, stats_path):
     layer = PWLU(3)
     x = _input(dtype=dtype)
     for mode in (True, False):
@@ -72,7 +72,7 @@ def test_phase_one_is_exactly_relu(dtype):
     assert torch.equal(layer(x_cl), torch.relu(x_cl))
 
 
-def test_phase_one_parameters_get_no_gradient():
+def test_phase_one_parameters_get_no_gradient(stats_path):
     layer = PWLU(3)
     x = _input().requires_grad_()
     layer(x).sum().backward()
@@ -95,8 +95,20 @@ def _hand_stats(batches, mode, momentum=0.1):
     return mean, std
 
 
+@pytest.fixture(params=['fused', 'torch'])
+def stats_path(request, monkeypatch):
+    """Phase I through the compiled relu_with_moments op, or through torch.var_mean."""
+    from pwlu_mmdet import ops
+    if request.param == 'fused':
+        if not (compiled_available() and hasattr(ops, 'relu_with_moments')):
+            pytest.skip('compiled relu_with_moments not available')
+    else:
+        monkeypatch.delattr(ops, 'relu_with_moments', raising=False)
+    return request.param
+
+
 @pytest.mark.parametrize('mode', ['channel', 'layer'])
-def test_statistics_against_hand_computation(mode):
+def test_statistics_against_hand_computation(mode, stats_path):
     layer = PWLU(3, mode=mode, momentum=0.25)
     batches = [_input(seed=i, scale=1 + i, shift=i - 1.0) for i in range(4)]
     batches.append(_input((2, 3), seed=9))  # (N, C) input
@@ -109,7 +121,7 @@ def test_statistics_against_hand_computation(mode):
     assert layer.running_mean.dtype == torch.float32
 
 
-def test_statistics_skip_empty_and_eval_and_use_float32():
+def test_statistics_skip_empty_and_eval_and_use_float32(stats_path):
     layer = PWLU(3)
     layer(torch.empty(0, 3, 4, 4))
     assert layer.num_batches_tracked.item() == 0

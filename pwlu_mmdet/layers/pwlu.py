@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import ops
 from ..ops import compiled_available, pwlu
 
 __all__ = ['PWLU', 'alignment_iou']
@@ -234,17 +235,28 @@ class PWLU(nn.Module):
             raise ValueError(f'PWLU was built for {self.num_channels} channels but the input '
                              f'has {x.shape[1]} (shape {tuple(x.shape)})')
 
+    def _phase_one_train(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(x)``, updating the running statistics from ``x`` (non-empty)."""
+        fused = getattr(ops, 'relu_with_moments', None)
+        if fused is not None and compiled_available():
+            # One pass over x for the output and the float32 moments (the compiled op).
+            y, mean, var = fused(x, self.mode == 'channel')
+            self._update_statistics(mean, var)
+            return y
+        with torch.no_grad():
+            xf = x.detach().float()
+            if self.mode == 'channel':
+                dims = [0] + list(range(2, x.dim()))
+                var, mean = torch.var_mean(xf, dim=dims, correction=0)
+            else:
+                var, mean = torch.var_mean(xf, correction=0)
+        self._update_statistics(mean.reshape(-1), var.reshape(-1))
+        return torch.relu(x)
+
     @torch.no_grad()
-    def _update_statistics(self, x: torch.Tensor) -> None:
-        xf = x.detach().float()
-        if self.mode == 'channel':
-            dims = [0] + list(range(2, x.dim()))
-            var, mean = torch.var_mean(xf, dim=dims, correction=0)
-        else:
-            var, mean = torch.var_mean(xf, correction=0)
-            var, mean = var.reshape(1), mean.reshape(1)
-        # Population std (correction=0): defined for a single element per channel, and the
-        # paper's std(x) of the batch.
+    def _update_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        # Population variance (correction=0): defined for a single element per channel, and
+        # the paper's std(x) of the batch.
         m = self.momentum
         self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
         self.running_std.mul_(1 - m).add_(var.sqrt().to(self.running_std.dtype), alpha=m)
@@ -327,9 +339,9 @@ class PWLU(nn.Module):
         """Apply the activation. See the class docstring for the phases."""
         self._check_input(x)
         if not self._realigned:
-            if self.training and x.numel() > 0:
-                self._update_statistics(x)
             # Exactly ReLU (the table form is not bit-exact ReLU for every initialisation).
+            if self.training and x.numel() > 0:
+                return self._phase_one_train(x)
             return torch.relu(x)
         if not self.training:
             if _exporting():
