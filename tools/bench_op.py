@@ -40,25 +40,44 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], None], device: torch.device, repeat: int, warmup: int) -> float:
-    """Median wall time in ms (CUDA events on a GPU)."""
-    for _ in range(warmup):
+def time_once(fn: Callable[[], None], device: torch.device) -> float:
+    """Wall time of one call in ms (CUDA events on a GPU)."""
+    if device.type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, repeat: int,
+                     warmup: int) -> Dict[str, float]:
+    """Median time (ms) of every callable, measured round-robin so that a noisy machine slows
+    all of them alike and the ratios stay meaningful."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     synchronize(device)
-    times = []
+    times = {name: [] for name in fns}
     for _ in range(repeat):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            times[name].append(time_once(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_fn(fn: Callable[[], None], device: torch.device, repeat: int, warmup: int) -> float:
+    """Median time (ms) of one callable."""
+    return time_interleaved({'fn': fn}, device, repeat, warmup)['fn']
+
+
+# Tensor-sized memory traffic of each mode at the bandwidth limit: the forward reads x and writes
+# y; forward+backward adds reading grad_y and x (or y) and writing grad_x.
+BYTES_MOVED = {'forward': 2, 'forward+backward': 5, 'phase I forward': 2,
+               'phase I forward+backward': 5, 'read+write': 2}
 
 
 def phase_one_stats(x: torch.Tensor) -> None:
@@ -107,8 +126,6 @@ def build_cases(x: torch.Tensor, params: List[torch.Tensor], with_compile: bool,
             'phase I forward+backward': (
                 lambda: phase_one_stats(x_grad)[0].backward(grad_out)),
         }
-        cases['ReLU']['phase I forward'] = cases['ReLU']['forward']
-        cases['ReLU']['phase I forward+backward'] = cases['ReLU']['forward+backward']
     return cases
 
 
@@ -122,20 +139,17 @@ def run(args) -> List[dict]:
     param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     params = make_params(x.shape[1], args.intervals, device, param_dtype)
     cases = build_cases(x, params, not args.no_compile, not args.no_reference)
-    rows = []
-    for name, modes in cases.items():
-        for mode, fn in modes.items():
-            ms = time_fn(fn, device, args.repeat, args.warmup)
-            rows.append(dict(impl=name, mode=mode, ms=ms))
+    fns = {(name, mode): fn for name, modes in cases.items() for mode, fn in modes.items()}
+    fns[('copy (x.clone)', 'read+write')] = lambda: x.clone()
+    times = time_interleaved(fns, device, args.repeat, args.warmup)
+    rows = [dict(impl=name, mode=mode, ms=ms) for (name, mode), ms in times.items()]
     relu = {r['mode']: r['ms'] for r in rows if r['impl'] == 'ReLU'}
+    nbytes = x.numel() * x.element_size()
     for r in rows:
-        r['ratio'] = r['ms'] / relu[r['mode']]
-    if device.type == 'cuda':
-        nbytes = x.numel() * x.element_size()
-        copy_ms = time_fn(lambda: x.clone(), device, args.repeat, args.warmup)
-        rows.append(dict(impl='copy (x.clone)', mode='read+write', ms=copy_ms,
-                         ratio=copy_ms / relu['forward'],
-                         gbps=2 * nbytes / copy_ms / 1e6))
+        # phase I is compared with ReLU in the same mode, the copy with ReLU's forward
+        base = r['mode'].replace('phase I ', '').replace('read+write', 'forward')
+        r['ratio'] = r['ms'] / relu[base]
+        r['gbps'] = BYTES_MOVED[r['mode']] * nbytes / r['ms'] / 1e6
     return rows
 
 
@@ -144,9 +158,12 @@ def format_table(rows: List[dict], args) -> str:
             f'{", channels_last" if args.channels_last else ""}, K={args.intervals}, '
             f'median of {args.repeat}, torch {torch.__version__}, {torch.get_num_threads()} '
             f'threads, {platform.processor() or platform.machine()}')
-    lines = [head, '', '| implementation | mode | ms | x ReLU |', '|---|---|---|---|']
+    copy_gbps = next(r['gbps'] for r in rows if r['mode'] == 'read+write')
+    lines = [head, '', 'phase I rows are compared with ReLU\'s forward / forward+backward.', '', '| implementation | mode | ms | x ReLU | GB/s | % of copy GB/s |',
+             '|---|---|---|---|---|---|']
     for r in rows:
-        lines.append(f"| {r['impl']} | {r['mode']} | {r['ms']:.2f} | {r['ratio']:.2f} |")
+        lines.append(f"| {r['impl']} | {r['mode']} | {r['ms']:.3f} | {r['ratio']:.2f} | "
+                     f"{r['gbps']:.1f} | {100 * r['gbps'] / copy_gbps:.0f} |")
     return '\n'.join(lines)
 
 

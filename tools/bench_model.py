@@ -1,0 +1,167 @@
+"""Whole-detector benchmark: training-step and inference time, and peak memory, of one config
+with ReLU, Swish and PWLU at every activation site, as ratios to ReLU.
+
+Each activation runs in its own subprocess (a clean peak-memory reading); inside it, the model
+is built from the config with ``model.act_cfg.type`` set, PWLU layers are realigned (phase II, the
+expensive phase), and a fixed synthetic batch is timed: ``train`` = forward + backward +
+optimizer step, ``inference`` = ``model.test_step``.
+
+Example:
+    python tools/bench_model.py configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py
+    python tools/bench_model.py CONFIG --device cuda --image-size 800 1216 --batch-size 2
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ACTIVATIONS = ('ReLU', 'Swish', 'PWLU')
+
+
+def measure(args) -> dict:
+    """Runs in the child process: one activation, returns its timings and peak memory."""
+    import torch
+    from mmdet.testing import demo_mm_inputs
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.registry import MODELS
+
+    import pwlu_mmdet.models  # noqa: F401  (registers the components)
+    from pwlu_mmdet.engine import realign_model
+
+    register_all_modules()
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    cfg = Config.fromfile(args.config)
+    cfg.model.act_cfg = dict(type=args.activation)
+    model = MODELS.build(cfg.model).to(device)
+    num_classes = _num_classes(cfg.model)
+    h, w = args.image_size
+    packed = demo_mm_inputs(batch_size=args.batch_size, image_shapes=[(3, h, w)] * args.batch_size,
+                            num_items=[args.num_boxes] * args.batch_size, num_classes=num_classes,
+                            with_mask=args.with_mask, device=str(device))
+
+    model.train()
+    if args.activation == 'PWLU':
+        # Phase I: gather statistics on one batch, then switch every layer to phase II.
+        with torch.no_grad():
+            model(**model.data_preprocessor(packed, True), mode='loss')
+        realign_model(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    def train_step():
+        loss, _ = model.parse_losses(model(**model.data_preprocessor(packed, True), mode='loss'))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def infer_step():
+        with torch.no_grad():
+            model.test_step(packed)
+
+    results = {}
+    for name, fn, mode in (('train', train_step, True), ('inference', infer_step, False)):
+        model.train(mode)
+        for _ in range(args.warmup):
+            fn()
+        sync()
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+        results[f'{name}_ms'] = statistics.median(times)
+        if device.type == 'cuda':
+            results[f'{name}_peak_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type != 'cuda':
+        # ru_maxrss is KiB on Linux: the process's peak resident memory over both phases.
+        results['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results['num_pwlu'] = sum(type(m).__name__ == 'PWLU' for m in model.modules())
+    return results
+
+
+def _num_classes(model_cfg) -> int:
+    for key in ('roi_head', 'bbox_head'):
+        head = model_cfg.get(key)
+        if head is None:
+            continue
+        head = head.get('bbox_head', head)
+        return head['num_classes']
+    return 80
+
+
+def run_child(args, activation: str) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), args.config, '--child', activation,
+           '--device', args.device, '--batch-size', str(args.batch_size), '--image-size',
+           *map(str, args.image_size), '--num-boxes', str(args.num_boxes), '--repeat',
+           str(args.repeat), '--warmup', str(args.warmup)]
+    if not args.with_mask:
+        cmd.append('--no-mask')
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f'{activation} failed:\n{out.stderr[-3000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def format_table(args, results: dict) -> str:
+    import torch
+    relu = results['ReLU']
+    mem_keys = [k for k in relu if k.endswith('_mb')]
+    head = (f'{os.path.basename(args.config)}, {args.device}, batch {args.batch_size} x '
+            f'{args.image_size[0]}x{args.image_size[1]}, median of {args.repeat}, torch '
+            f'{torch.__version__}, {torch.get_num_threads()} threads, '
+            f'{platform.processor() or platform.machine()}')
+    cols = ['train ms', 'x ReLU', 'inference ms', 'x ReLU'] + \
+        [k.replace('_mb', ' MB').replace('_', ' ') for k in mem_keys] + ['PWLU layers']
+    lines = [head, '', '| activation | ' + ' | '.join(cols) + ' |',
+             '|---' * (len(cols) + 1) + '|']
+    for act, r in results.items():
+        cells = [f"{r['train_ms']:.1f}", f"{r['train_ms'] / relu['train_ms']:.3f}",
+                 f"{r['inference_ms']:.1f}", f"{r['inference_ms'] / relu['inference_ms']:.3f}"]
+        cells += [f'{r[k]:.0f}' for k in mem_keys] + [str(r['num_pwlu'])]
+        lines.append(f'| {act} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--image-size', type=int, nargs=2, default=[128, 128])
+    parser.add_argument('--num-boxes', type=int, default=4)
+    parser.add_argument('--no-mask', dest='with_mask', action='store_false',
+                        help='detectors without a mask head (RetinaNet)')
+    parser.add_argument('--repeat', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--activations', nargs='+', default=list(ACTIVATIONS))
+    parser.add_argument('--child', help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        args.activation = args.child
+        print(json.dumps(measure(args)))
+        return
+    results = {act: run_child(args, act) for act in ['ReLU'] + [
+        a for a in args.activations if a != 'ReLU']}
+    print(format_table(args, results))
+
+
+if __name__ == '__main__':
+    main()
