@@ -7,6 +7,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
+from ..analysis.stats import InputStatistics, find_pwlu_layers, summarize_stages
 from ..layers import PWLU, alignment_iou
 from .grad_sync import install_pwlu_grad_sync
 
@@ -15,11 +16,7 @@ __all__ = ['PWLUHook', 'pwlu_layers', 'realign_model']
 DATA_BATCH = Optional[dict]
 
 
-def pwlu_layers(model: nn.Module) -> List[Tuple[str, PWLU]]:
-    """``(name, layer)`` of every PWLU in ``model`` (unwrapped if needed), in module order."""
-    if is_model_wrapper(model):
-        model = model.module
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, PWLU)]
+pwlu_layers = find_pwlu_layers  # ``(name, layer)`` of every PWLU, unwrapped, in module order
 
 
 @torch.no_grad()
@@ -74,16 +71,41 @@ class PWLUHook(Hook):
     In ``before_train`` it checks that the optimizer holds every PWLU parameter (use
     ``optim_wrapper=dict(constructor='PWLUOptimWrapperConstructor', ...)``).
 
+    Every ``log_interval`` training iterations (the iterations on which mmengine's
+    ``LoggerHook`` with the same interval logs) it measures how well each layer's learnable range
+    fits its current input and writes, through ``runner.visualizer`` at the ``LoggerHook``'s step
+    (``runner.iter + 1``, so TensorBoard / the local backend show them beside the losses):
+
+    * ``pwlu/iou`` and ``pwlu/iou/<stage>``: mean Eq. 7 IoU over the channels of all layers /
+      of a stage, between ``[B_L, B_R]`` and ``[mu - sigma * std, mu + sigma * std]`` of that
+      iteration's input (per-channel statistics of the batch, pooled over every call of the
+      layer in the iteration);
+    * ``pwlu/outside`` and ``pwlu/outside/<stage>``: the fraction of input elements below
+      ``B_L`` or above ``B_R``.
+
+    A stage is the first ``stage_depth`` components of the layer's parent module
+    (:func:`pwlu_mmdet.analysis.stage_name`: ``backbone.layer1``, ``rpn_head``,
+    ``roi_head.bbox_head`` ...). The measurement is a forward pre-hook on every PWLU that is
+    registered only for the logging iterations (no cost on the others); it reads the input and
+    never writes the layers' parameters or buffers. Before the switch the values describe the
+    initial range (phase I computes ReLU). Under DDP each rank measures its own batch and the
+    visualizer writes rank 0's.
+
     Config::
 
         custom_imports = dict(imports=['pwlu_mmdet'], allow_failed_imports=False)
         custom_hooks = [dict(type='PWLUHook', realign_iter=5000)]
-        # or dict(type='PWLUHook', realign_epoch=5)
+        # or dict(type='PWLUHook', realign_epoch=5, log_interval=100)
 
     Args:
         realign_iter (int, optional): ``T`` in iterations.
         realign_epoch (int, optional): ``T`` in epochs. Exactly one of the two must be given.
-        log_per_layer (bool): Also log one line (and one scalar) per layer. Defaults to True.
+        log_per_layer (bool): Also log one line (and one scalar) per layer at the switch.
+            Defaults to True.
+        log_interval (int): Interval in iterations of the alignment logging; 0 disables it.
+            Defaults to 50.
+        stage_depth (int): Name components that make a stage for the logging (0: one stage,
+            ``'all'``). Defaults to 2.
     """
 
     priority = 'NORMAL'
@@ -91,16 +113,22 @@ class PWLUHook(Hook):
     def __init__(self,
                  realign_iter: Optional[int] = None,
                  realign_epoch: Optional[int] = None,
-                 log_per_layer: bool = True) -> None:
+                 log_per_layer: bool = True,
+                 log_interval: int = 50,
+                 stage_depth: int = 2) -> None:
         if (realign_iter is None) == (realign_epoch is None):
             raise ValueError('PWLUHook: give exactly one of realign_iter and realign_epoch')
-        for name, value in (('realign_iter', realign_iter), ('realign_epoch', realign_epoch)):
+        for name, value in (('realign_iter', realign_iter), ('realign_epoch', realign_epoch),
+                            ('log_interval', log_interval), ('stage_depth', stage_depth)):
             if value is not None and (int(value) != value or value < 0):
                 raise ValueError(f'PWLUHook: {name} must be a non-negative integer, got {value}')
         self.realign_iter = realign_iter
         self.realign_epoch = realign_epoch
         self.log_per_layer = log_per_layer
+        self.log_interval = int(log_interval)
+        self.stage_depth = int(stage_depth)
         self._layers: Optional[List[PWLU]] = None  # cached: no module walk every iteration
+        self._stats: Optional[InputStatistics] = None  # attached on logging iterations only
 
     def before_run(self, runner) -> None:
         """Install the phase-II gradient sync on a DDP-wrapped model."""
@@ -164,7 +192,17 @@ class PWLUHook(Hook):
         return runner.epoch >= self.realign_epoch
 
     def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
-        """Realign at the first iteration that is due and still has phase-I layers."""
+        """Realign at the first iteration that is due and still has phase-I layers; on a
+        logging iteration, attach the input-statistics pre-hooks."""
+        self._maybe_realign(runner)
+        if self.log_interval and self.every_n_train_iters(runner, self.log_interval):
+            if self._stats is None:
+                self._stats = InputStatistics(pwlu_layers(runner.model))
+            if self._stats.layers:
+                self._stats.reset()
+                self._stats.attach()
+
+    def _maybe_realign(self, runner) -> None:
         if not self._due(runner):
             return
         if self._layers is None:
@@ -174,6 +212,30 @@ class PWLUHook(Hook):
             return
         summary = realign_model(runner.model)
         self._log(runner, summary)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None,
+                         outputs: Optional[dict] = None) -> None:
+        """On a logging iteration, detach the pre-hooks and log IoU and fraction outside."""
+        if self._stats is None or not self._stats.attached:
+            return
+        self._stats.detach()
+        stages = summarize_stages(self._stats.results().values(), self.stage_depth)
+        self._stats.reset()  # free the accumulators until the next logging iteration
+        if not stages:
+            return
+        iou, outside = stages.pop('all')
+        scalars = {'pwlu/iou': iou, 'pwlu/outside': outside}
+        for stage, (stage_iou, stage_outside) in stages.items():
+            scalars[f'pwlu/iou/{stage}'] = stage_iou
+            scalars[f'pwlu/outside/{stage}'] = stage_outside
+        runner.visualizer.add_scalars(scalars, step=runner.iter + 1)
+        runner.logger.info(f'PWLUHook: iter {runner.iter + 1}: mean alignment IoU {iou:.4f}, '
+                           f'{outside:.2%} of the PWLU inputs outside [B_L, B_R]')
+
+    def after_train(self, runner) -> None:
+        """Remove the pre-hooks if an iteration ended without ``after_train_iter``."""
+        if self._stats is not None:
+            self._stats.detach()
 
     def _log(self, runner, summary: Dict[str, Tuple[float, float]]) -> None:
         before = sum(b for b, _ in summary.values()) / max(len(summary), 1)
