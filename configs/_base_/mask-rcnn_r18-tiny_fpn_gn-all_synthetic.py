@@ -7,8 +7,8 @@ _base_ = [
     'mmdet::_base_/default_runtime.py'
 ]
 
-max_iters = 600
-pwlu_realign_iter = 150
+max_iters = 400
+pwlu_realign_iter = 100
 num_classes = 4
 norm_cfg = dict(type='GN', num_groups=8, requires_grad=True)
 model = dict(
