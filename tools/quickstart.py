@@ -85,6 +85,9 @@ def train_and_test(act: str, args) -> dict:
     work_dir = osp.abspath(osp.join(args.work_dir, act))
     os.makedirs(work_dir, exist_ok=True)
     options = data_options(osp.abspath(args.data_root))
+    if not osp.exists(config):  # e.g. Swish: the ReLU config with the one-key switch
+        config = CONFIG.format('relu')
+        options.append(f'model.act_cfg.type={ACT_NAMES[act]}')
     if args.iters is not None:
         options.append(f'train_cfg.max_iters={args.iters}')
     if args.realign_iter is not None:
