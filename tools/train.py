@@ -7,15 +7,12 @@ Example::
     python tools/train.py CONFIG --cfg-options model.act_cfg.type=Swish
 """
 import argparse
-import os
-import os.path as osp
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.config import Config
 
 import pwlu_mmdet.models  # noqa: F401  (registers PWLU, PWLUHook and the Act* components)
+from pwlu_mmdet.models.cli import add_common_args, build_runner, load_config
 
 
 def parse_args(argv=None):
@@ -31,35 +28,12 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='If specify checkpoint path, resume from it, while if not specify, try to auto '
         'resume from the latest checkpoint in the work directory.')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override some settings in the used config, the key-value pair in xxx=yyy format '
-        'will be merged into config file, e.g. model.act_cfg.type=PWLU. If the value to be '
-        'overwritten is a list, it should be like key="[a,b]" or key=a,b. It also allows '
-        'nested list/tuple values, e.g. key="[(a,b),(c,d)]". Note that the quotation marks '
-        'are necessary and that no white space is allowed.')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='job launcher')
-    # torch.distributed.launch of PyTorch >= 2.0 passes --local-rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_common_args(parser)
+    return parser.parse_args(argv)
 
 
 def build_cfg(args) -> Config:
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
 
     if args.amp is True:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -87,12 +61,7 @@ def main(argv=None):
     args = parse_args(argv)
     # Reduce the number of repeated compilations and improve training speed.
     setup_cache_size_limit_of_dynamo()
-    cfg = build_cfg(args)
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
-    runner.train()
+    build_runner(build_cfg(args)).train()
 
 
 if __name__ == '__main__':

@@ -1,11 +1,9 @@
 """RPN and RetinaNet heads with one activation module per site, built from ``act_cfg``."""
 import torch.nn as nn
-from mmcv.cnn import ConvModule
 from mmdet.models.dense_heads import RetinaHead, RPNHead
 from mmdet.registry import MODELS
 
-from .activation import (ACT_CFG_DEFAULT, build_site_act, inherits_act_cfg,
-                         set_conv_module_act, site_act_cfg)
+from .activation import ACT_CFG_DEFAULT, build_site_act, inherits_act_cfg, set_conv_module_act
 
 __all__ = ['ActRPNHead', 'ActRetinaHead']
 
