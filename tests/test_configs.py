@@ -87,7 +87,8 @@ def test_paper_setting(path):
     # from scratch, GroupNorm everywhere
     assert cfg.model.backbone.init_cfg is None and cfg.get('load_from') is None
     model = MODELS.build(cfg.model)
-    norms = [m for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm))]
+    norm_types = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    norms = [m for m in model.modules() if isinstance(m, norm_types)]
     assert norms and all(isinstance(m, nn.GroupNorm) for m in norms)
     assert len(norms) >= (53 + 5 + 4 if 'mask-rcnn' in path else 53 + 8 + 8)
 
