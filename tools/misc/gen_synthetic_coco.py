@@ -6,7 +6,6 @@ Example::
 """
 import argparse
 
-
 from pwlu_mmdet.datasets import SYNTHETIC_CLASSES, generate_synthetic_coco
 
 
