@@ -334,3 +334,22 @@ def test_cuda_sources_compile_with_nvcc():
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count('ok ') == 2 * len(
         [f for f in os.listdir(os.path.join(ROOT, 'csrc', 'ops', 'cuda')) if f.endswith('.cu')])
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize('num_intervals', [1, 2, 16, 30, 31, 40])
+@pytest.mark.parametrize('layer_wise', [False, True], ids=['channel', 'layer'])
+def test_dense_sweep_every_piece(device, dtype, num_intervals, layer_wise):
+    """A sweep through both outer pieces and every interval, long enough for the vectorised
+    paths (including the AVX-512 one for K + 2 <= 32) and their scalar tails."""
+    params = make_params(3, num_intervals, layer_wise, dtype=torch.float32, device=device)
+    # Interval coordinates t from well left of B_L to well right of B_R, kept 1% of an interval
+    # away from the demarcation points, where the gradient (not the output) jumps and float32
+    # and float64 may legitimately pick different sides.
+    t = torch.linspace(-5, num_intervals + 5, 4099, dtype=torch.float64)
+    t = t[(t - t.round()).abs() > 0.01]
+    lb, rb = (p.double().cpu().expand(3).unsqueeze(1) for p in params[1:3])
+    x = (lb + t * (rb - lb) / num_intervals).repeat(2, 1, 1).to(dtype=dtype, device=device)
+    check_op_against_reference(x, params, *TOL[dtype],
+                               param_rtol=1e-5 if dtype != torch.bfloat16 else 1e-4)

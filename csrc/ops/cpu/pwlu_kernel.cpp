@@ -15,10 +15,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../pwlu_common.h"
 #include "../pwlu_element.h"
+#include "pwlu_avx512.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define PWLU_CPU_CLONES __attribute__((target_clones("avx2", "default")))
@@ -138,18 +140,74 @@ PWLU_DEFINE_CLONED_LOOPS(c10::Half, float)
 PWLU_DEFINE_CLONED_LOOPS(c10::BFloat16, float)
 #undef PWLU_DEFINE_CLONED_LOOPS
 
-// grad_x (when gx is not null) and the histogram of a run of one set. The histogram adds are
-// scatters, which no ISA vectorises; the loop stays scalar.
+// Runs of one set of float or bfloat16 elements take the AVX-512 table-in-registers path where
+// the CPU has it and the table fits (pwlu_avx512.h); the generic loops finish the tail.
+template <typename scalar_t>
+constexpr bool kHasAvx512Path =
+    std::is_same<scalar_t, float>::value || std::is_same<scalar_t, c10::BFloat16>::value;
+
+template <typename scalar_t, typename acc_t>
+bool forward_run_fast(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb, acc_t inv, int n,
+                      const acc_t* s, const acc_t* o) {
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (kHasAvx512Path<scalar_t>) {
+    if (avx512::available() && avx512::fits(n)) {
+      const int64_t done = avx512::forward_run(x, y, len, lb, inv, n, s, o);
+      x += done;
+      y += done;
+      len -= done;
+    }
+  }
+#endif
+  return forward_run(x, y, len, lb, inv, n, s, o);
+}
+
+template <typename scalar_t, typename acc_t>
+void input_grad_run_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t len,
+                         acc_t lb, acc_t inv, int n, const acc_t* s) {
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (kHasAvx512Path<scalar_t>) {
+    if (avx512::available() && avx512::fits(n)) {
+      const int64_t done = avx512::input_grad_run(g, x, gx, len, lb, inv, n, s);
+      g += done;
+      x += done;
+      gx += done;
+      len -= done;
+    }
+  }
+#endif
+  input_grad_run(g, x, gx, len, lb, inv, n, s);
+}
+
+// grad_x (when gx is not null) and the histogram of a run of one set. grad_x goes through the
+// vectorised loop; the histogram adds are scatters, which no ISA vectorises well. Neighbouring
+// elements mostly fall into the same bin, so a single histogram would chain every add on the
+// previous one through memory: kCopies interleaved histograms (element k into copy k % kCopies,
+// summed at the end in copy order) keep that many adds in flight.
+constexpr int kCopies = 4;
+
 template <typename scalar_t, typename acc_t>
 void param_grad_run(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
                     scalar_t* __restrict__ gx, int64_t len, acc_t lb, acc_t inv, int n,
                     const acc_t* __restrict__ slopes, acc_t* __restrict__ histogram) {
-  for (int64_t k = 0; k < len; ++k) {
-    const acc_t ga = static_cast<acc_t>(g[k]);
+  if (gx) input_grad_run_fast(g, x, gx, len, lb, inv, n, slopes);
+  const int width = histogram_width(n);
+  auto add = [&](int64_t k, acc_t* hist) {
     const acc_t t = interval_coordinate(static_cast<acc_t>(x[k]), lb, inv);
-    const int j = table_entry(t, n);
-    if (gx) gx[k] = static_cast<scalar_t>(ga * slopes[j]);
-    accumulate_element(histogram, ga, t, j, n);
+    accumulate_element(hist, static_cast<acc_t>(g[k]), t, table_entry(t, n), n);
+  };
+  if (len < 8 * kCopies) {
+    for (int64_t k = 0; k < len; ++k) add(k, histogram);
+    return;
+  }
+  std::vector<acc_t> copies(kCopies * width, acc_t(0));
+  int64_t k = 0;
+  for (; k + kCopies <= len; k += kCopies) {
+    for (int c = 0; c < kCopies; ++c) add(k + c, copies.data() + c * width);
+  }
+  for (; k < len; ++k) add(k, copies.data());
+  for (int c = 0; c < kCopies; ++c) {
+    for (int w = 0; w < width; ++w) histogram[w] += copies[c * width + w];
   }
 }
 
@@ -229,8 +287,9 @@ void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
                          const int64_t s = tab.shared() ? 0 : r % layout.channels;
                          const int64_t base = r * run + offset;
                          const int64_t len = std::min(chunk, run - offset);
-                         if (forward_run(x + base, y + base, len, tab.lbs[s], tab.invs[s],
-                                         tab.n, tab.slopes_of(s), tab.intercepts_of(s))) {
+                         if (forward_run_fast(x + base, y + base, len, tab.lbs[s],
+                                              tab.invs[s], tab.n, tab.slopes_of(s),
+                                              tab.intercepts_of(s))) {
                            fix_infinities(x + base, y + base, len, 0, &tab.lbs[s],
                                           &tab.invs[s], tab.n, tab.slopes_of(s),
                                           tab.intercepts_of(s));
@@ -272,9 +331,9 @@ void input_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
                          const int64_t offset = (task % chunks_per_run) * chunk;
                          const int64_t s = tab.shared() ? 0 : r % layout.channels;
                          const int64_t base = r * run + offset;
-                         input_grad_run(g + base, x + base, gx + base,
-                                        std::min(chunk, run - offset), tab.lbs[s], tab.invs[s],
-                                        tab.n, tab.slopes_of(s));
+                         input_grad_run_fast(g + base, x + base, gx + base,
+                                             std::min(chunk, run - offset), tab.lbs[s],
+                                             tab.invs[s], tab.n, tab.slopes_of(s));
                        }
                      });
     return;
