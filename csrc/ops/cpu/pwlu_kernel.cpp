@@ -20,13 +20,9 @@
 
 #include "../pwlu_common.h"
 #include "../pwlu_element.h"
+#include "cpu_clones.h"
 #include "pwlu_avx512.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define PWLU_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PWLU_CPU_CLONES
-#endif
 
 namespace pwlu_mmdet {
 namespace ops {

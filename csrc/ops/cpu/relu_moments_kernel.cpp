@@ -14,6 +14,7 @@
 
 #include "../moments.h"
 #include "../pwlu_common.h"
+#include "cpu_clones.h"
 
 namespace pwlu_mmdet {
 namespace ops {
@@ -22,9 +23,10 @@ namespace {
 
 constexpr int64_t kPiece = 4096;
 
-// y = relu(x) over a run (NaN stays NaN, as torch.relu) and the run's moments.
+// y = relu(x) over a run (NaN stays NaN, as torch.relu); returns the sum of x.
 template <typename scalar_t, typename acc_t>
-Moments relu_moments_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t len) {
+C10_ALWAYS_INLINE acc_t relu_sum_impl(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                      int64_t len) {
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t k = 0; k < len; ++k) {
@@ -32,17 +34,44 @@ Moments relu_moments_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ 
     sum += v;
     y[k] = v < acc_t(0) ? scalar_t(0) : x[k];
   }
-  const acc_t mean = sum / static_cast<acc_t>(len);
+  return sum;
+}
+
+// Sum of squared deviations of a run from `mean`.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE acc_t squared_deviations_impl(const scalar_t* __restrict__ x, int64_t len,
+                                                acc_t mean) {
   acc_t m2 = 0;
 #pragma omp simd reduction(+ : m2)
   for (int64_t k = 0; k < len; ++k) {
     const acc_t d = static_cast<acc_t>(x[k]) - mean;
     m2 += d * d;
   }
+  return m2;
+}
+
+#define PWLU_DEFINE_CLONED_LOOPS(scalar_t, acc_t)                                              \
+  PWLU_CPU_CLONES acc_t relu_sum(const scalar_t* x, scalar_t* y, int64_t len) {               \
+    return relu_sum_impl<scalar_t, acc_t>(x, y, len);                                          \
+  }                                                                                            \
+  PWLU_CPU_CLONES acc_t squared_deviations(const scalar_t* x, int64_t len, acc_t mean) {      \
+    return squared_deviations_impl<scalar_t, acc_t>(x, len, mean);                             \
+  }
+
+PWLU_DEFINE_CLONED_LOOPS(float, float)
+PWLU_DEFINE_CLONED_LOOPS(double, double)
+PWLU_DEFINE_CLONED_LOOPS(c10::Half, float)
+PWLU_DEFINE_CLONED_LOOPS(c10::BFloat16, float)
+#undef PWLU_DEFINE_CLONED_LOOPS
+
+// relu over a run and the run's moments: two passes while the run is in cache.
+template <typename scalar_t, typename acc_t>
+Moments relu_moments_run(const scalar_t* x, scalar_t* y, int64_t len) {
+  const acc_t mean = relu_sum(x, y, len) / static_cast<acc_t>(len);
   Moments m;
   m.count = static_cast<double>(len);
   m.mean = static_cast<double>(mean);
-  m.m2 = static_cast<double>(m2);
+  m.m2 = static_cast<double>(squared_deviations(x, len, mean));
   return m;
 }
 
