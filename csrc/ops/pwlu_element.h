@@ -68,7 +68,10 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE int table_entry(acc_t t, int num_intervals) {
 
 template <typename acc_t>
 C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t entry_base(int j, int num_intervals) {
-  const int base = j - 1 < 0 ? 0 : (j - 1 > num_intervals ? num_intervals : j - 1);
+  // Two flat selects rather than a nested one: GCC vectorises this form.
+  int base = j - 1;
+  base = base < 0 ? 0 : base;
+  base = base > num_intervals ? num_intervals : base;
   return acc_t(base);
 }
 

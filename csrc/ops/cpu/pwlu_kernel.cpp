@@ -175,56 +175,139 @@ void input_grad_run_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int
   input_grad_run(g, x, gx, len, lb, inv, n, s);
 }
 
-// grad_x (when gx is not null) and the histogram of a run of one set. grad_x goes through the
-// vectorised loop; the histogram adds are scatters, which no ISA vectorises well. Neighbouring
-// elements mostly fall into the same bin, so a single histogram would chain every add on the
-// previous one through memory: kCopies interleaved histograms (element k into copy k % kCopies,
-// summed at the end in copy order) keep that many adds in flight.
-constexpr int kCopies = 4;
+// ------------------------------------------------------------------- parameter gradients
+// Pieces of at most kPiece elements go through two loops: a vectorised prepass writes grad_x
+// and, per element, its histogram slot and its two addends (g and g * u, pwlu_element.h); a
+// scalar loop then does the scatter-adds, which no ISA vectorises well. Sums of one piece stay
+// short enough for float precision; pieces are added into the run's histogram in order.
+constexpr int64_t kPiece = 2048;
 
+template <typename acc_t>
+struct PieceScratch {
+  std::vector<int32_t> slot;
+  std::vector<acc_t> g, gu;
+  explicit PieceScratch(int64_t size) : slot(size), g(size), gu(size) {}
+};
+
+// Prepass of a run of one set: slot = j.
 template <typename scalar_t, typename acc_t>
-void param_grad_run(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                    scalar_t* __restrict__ gx, int64_t len, acc_t lb, acc_t inv, int n,
-                    const acc_t* __restrict__ slopes, acc_t* __restrict__ histogram) {
-  if (gx) input_grad_run_fast(g, x, gx, len, lb, inv, n, slopes);
-  const int width = histogram_width(n);
-  auto add = [&](int64_t k, acc_t* hist) {
+C10_ALWAYS_INLINE void prepass_run_impl(const scalar_t* __restrict__ g,
+                                        const scalar_t* __restrict__ x,
+                                        scalar_t* __restrict__ gx, int64_t len, acc_t lb,
+                                        acc_t inv, int n, const acc_t* __restrict__ slopes,
+                                        int32_t* __restrict__ slot, acc_t* __restrict__ ga,
+                                        acc_t* __restrict__ gu) {
+  for (int64_t k = 0; k < len; ++k) {
+    const acc_t gv = static_cast<acc_t>(g[k]);
     const acc_t t = interval_coordinate(static_cast<acc_t>(x[k]), lb, inv);
-    accumulate_element(hist, static_cast<acc_t>(g[k]), t, table_entry(t, n), n);
-  };
-  if (len < 8 * kCopies) {
-    for (int64_t k = 0; k < len; ++k) add(k, histogram);
-    return;
-  }
-  std::vector<acc_t> copies(kCopies * width, acc_t(0));
-  int64_t k = 0;
-  for (; k + kCopies <= len; k += kCopies) {
-    for (int c = 0; c < kCopies; ++c) add(k + c, copies.data() + c * width);
-  }
-  for (; k < len; ++k) add(k, copies.data());
-  for (int c = 0; c < kCopies; ++c) {
-    for (int w = 0; w < width; ++w) histogram[w] += copies[c * width + w];
+    const int j = table_entry(t, n);
+    gx[k] = static_cast<scalar_t>(gv * slopes[j]);
+    slot[k] = j;
+    ga[k] = gv;
+    gu[k] = gv * (t - entry_base<acc_t>(j, n));
   }
 }
 
-// As param_grad_run, for runs of any length: float sums of more than a few thousand terms lose
-// precision, so the run is summed in pieces of kHistogramPiece whose sums are then added.
-constexpr int64_t kHistogramPiece = 4096;
-
+// Prepass of a row of C interleaved channels: slot = c * W + j (W = histogram_width(N)).
 template <typename scalar_t, typename acc_t>
-void param_grad_long_run(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t len,
-                         acc_t lb, acc_t inv, int n, const acc_t* slopes, acc_t* histogram) {
+C10_ALWAYS_INLINE void prepass_row_impl(const scalar_t* __restrict__ g,
+                                        const scalar_t* __restrict__ x,
+                                        scalar_t* __restrict__ gx, int64_t channels,
+                                        const acc_t* __restrict__ lbs,
+                                        const acc_t* __restrict__ invs, int n,
+                                        const acc_t* __restrict__ slopes,
+                                        int32_t* __restrict__ slot, acc_t* __restrict__ ga,
+                                        acc_t* __restrict__ gu) {
+  const int entries = n + 2;
   const int width = histogram_width(n);
-  if (len <= kHistogramPiece) {
-    param_grad_run(g, x, gx, len, lb, inv, n, slopes, histogram);
+  for (int64_t c = 0; c < channels; ++c) {
+    const acc_t gv = static_cast<acc_t>(g[c]);
+    const acc_t t = interval_coordinate(static_cast<acc_t>(x[c]), lbs[c], invs[c]);
+    const int j = table_entry(t, n);
+    gx[c] = static_cast<scalar_t>(gv * slopes[c * entries + j]);
+    slot[c] = static_cast<int32_t>(c) * width + j;
+    ga[c] = gv;
+    gu[c] = gv * (t - entry_base<acc_t>(j, n));
+  }
+}
+
+#define PWLU_DEFINE_CLONED_PREPASS(scalar_t, acc_t)                                            \
+  PWLU_CPU_CLONES void prepass_run(const scalar_t* g, const scalar_t* x, scalar_t* gx,        \
+                                   int64_t len, acc_t lb, acc_t inv, int n, const acc_t* s,    \
+                                   int32_t* slot, acc_t* ga, acc_t* gu) {                      \
+    prepass_run_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s, slot, ga, gu);             \
+  }                                                                                            \
+  PWLU_CPU_CLONES void prepass_row(const scalar_t* g, const scalar_t* x, scalar_t* gx,        \
+                                   int64_t channels, const acc_t* lbs, const acc_t* invs,      \
+                                   int n, const acc_t* s, int32_t* slot, acc_t* ga,            \
+                                   acc_t* gu) {                                                \
+    prepass_row_impl<scalar_t, acc_t>(g, x, gx, channels, lbs, invs, n, s, slot, ga, gu);      \
+  }
+
+PWLU_DEFINE_CLONED_PREPASS(float, float)
+PWLU_DEFINE_CLONED_PREPASS(double, double)
+PWLU_DEFINE_CLONED_PREPASS(c10::Half, float)
+PWLU_DEFINE_CLONED_PREPASS(c10::BFloat16, float)
+#undef PWLU_DEFINE_CLONED_PREPASS
+
+// The scatter-adds of a prepassed piece: A[slot] += g, B[slot] += g * u (B at offset N + 2).
+// Neighbouring elements of one set mostly share a slot, so a single histogram would chain every
+// add on the previous one through memory: `copies` interleaved histograms (element k into copy
+// k % copies, added at the end in copy order) keep that many adds in flight.
+template <typename acc_t>
+void scatter_piece(const PieceScratch<acc_t>& p, int64_t len, int n, int copies, int64_t span,
+                   acc_t* histogram, std::vector<acc_t>& copy_buf) {
+  const int64_t b_offset = n + 2;
+  if (copies == 1) {
+    for (int64_t k = 0; k < len; ++k) {
+      histogram[p.slot[k]] += p.g[k];
+      histogram[p.slot[k] + b_offset] += p.gu[k];
+    }
     return;
   }
-  std::vector<acc_t> piece(width);
-  for (int64_t start = 0; start < len; start += kHistogramPiece) {
-    std::fill(piece.begin(), piece.end(), acc_t(0));
-    param_grad_run(g + start, x + start, gx ? gx + start : nullptr,
-                   std::min(kHistogramPiece, len - start), lb, inv, n, slopes, piece.data());
-    for (int w = 0; w < width; ++w) histogram[w] += piece[w];
+  copy_buf.assign(copies * span, acc_t(0));
+  int64_t k = 0;
+  for (; k + copies <= len; k += copies) {
+    for (int c = 0; c < copies; ++c) {
+      acc_t* h = copy_buf.data() + c * span;
+      h[p.slot[k + c]] += p.g[k + c];
+      h[p.slot[k + c] + b_offset] += p.gu[k + c];
+    }
+  }
+  for (; k < len; ++k) {
+    copy_buf[p.slot[k]] += p.g[k];
+    copy_buf[p.slot[k] + b_offset] += p.gu[k];
+  }
+  for (int c = 0; c < copies; ++c) {
+    for (int64_t w = 0; w < span; ++w) histogram[w] += copy_buf[c * span + w];
+  }
+}
+
+// Buffers of param_grad_run, allocated once per parallel task.
+template <typename scalar_t, typename acc_t>
+struct RunScratch {
+  PieceScratch<acc_t> piece;
+  std::vector<scalar_t> gx;
+  std::vector<acc_t> piece_hist, copies;
+  RunScratch(int64_t size, int n) : piece(size), gx(size), piece_hist(histogram_width(n)) {}
+};
+
+// grad_x (into gx, or scratch when null) and the histogram of a run of one set, by pieces.
+template <typename scalar_t, typename acc_t>
+void param_grad_run(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t len, acc_t lb,
+                    acc_t inv, int n, const acc_t* slopes, acc_t* histogram,
+                    RunScratch<scalar_t, acc_t>& scratch) {
+  const int width = histogram_width(n);
+  std::vector<acc_t>& piece_hist = scratch.piece_hist;
+  for (int64_t start = 0; start < len; start += kPiece) {
+    const int64_t m = std::min(kPiece, len - start);
+    prepass_run(g + start, x + start, gx ? gx + start : scratch.gx.data(), m, lb, inv, n,
+                slopes, scratch.piece.slot.data(), scratch.piece.g.data(),
+                scratch.piece.gu.data());
+    std::fill(piece_hist.begin(), piece_hist.end(), acc_t(0));
+    scatter_piece(scratch.piece, m, n, /*copies=*/m >= 64 ? 4 : 1, width, piece_hist.data(),
+                  scratch.copies);
+    for (int w = 0; w < width; ++w) histogram[w] += piece_hist[w];
   }
 }
 
@@ -361,13 +444,14 @@ void param_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
     // One task per channel; within it, plane histograms are added in plane order.
     at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> plane(width);
+      RunScratch<scalar_t, acc_t> scratch(std::min(kPiece, layout.inner), n);
       for (int64_t c = begin; c < end; ++c) {
         acc_t* hist = histograms + c * width;
         for (int64_t o = 0; o < layout.outer; ++o) {
           const int64_t base = (o * channels + c) * layout.inner;
           std::fill(plane.begin(), plane.end(), acc_t(0));
-          param_grad_long_run(g + base, x + base, gx ? gx + base : nullptr, layout.inner,
-                              tab.lbs[c], tab.invs[c], n, tab.slopes_of(c), plane.data());
+          param_grad_run(g + base, x + base, gx ? gx + base : nullptr, layout.inner,
+                         tab.lbs[c], tab.invs[c], n, tab.slopes_of(c), plane.data(), scratch);
           for (int w = 0; w < width; ++w) hist[w] += plane[w];
         }
       }
@@ -389,16 +473,22 @@ void param_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
       const int64_t last = std::min(rows, first + rows_per_block);
       if (first >= last) continue;
       if (tab.shared()) {
-        param_grad_long_run(g + first, x + first, gx ? gx + first : nullptr, last - first,
-                            tab.lbs[0], tab.invs[0], n, tab.slopes_of(0), hist);
+        RunScratch<scalar_t, acc_t> scratch(std::min(kPiece, last - first), n);
+        param_grad_run(g + first, x + first, gx ? gx + first : nullptr, last - first,
+                       tab.lbs[0], tab.invs[0], n, tab.slopes_of(0), hist, scratch);
         continue;
       }
+      // Interleaved channels: prepass a row, scatter into its channels' histograms (adjacent
+      // elements are different channels, so there are no chains to break).
+      PieceScratch<acc_t> scratch(channels);
+      std::vector<scalar_t> gx_scratch(gx ? 0 : channels);
+      std::vector<acc_t> unused;
       for (int64_t r = first; r < last; ++r) {
         const int64_t base = r * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          param_grad_run(g + base + c, x + base + c, gx ? gx + base + c : nullptr, 1,
-                         tab.lbs[c], tab.invs[c], n, tab.slopes_of(c), hist + c * width);
-        }
+        prepass_row(g + base, x + base, gx ? gx + base : gx_scratch.data(), channels,
+                    tab.lbs.data(), tab.invs.data(), n, tab.slopes.data(), scratch.slot.data(),
+                    scratch.g.data(), scratch.gu.data());
+        scatter_piece(scratch, channels, n, 1, sets * width, hist, unused);
       }
     }
   });
