@@ -8,3 +8,31 @@
 #else
 #define PWLU_CPU_CLONES
 #endif
+
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace pwlu_mmdet {
+namespace ops {
+
+// acc_t -> scalar_t for the element loops. For bfloat16 this is c10's round-to-nearest-even
+// conversion written without a branch (NaN is a select, not an `if`), so that loops storing
+// bfloat16 still vectorise.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE scalar_t from_acc(acc_t v) {
+  return static_cast<scalar_t>(v);
+}
+
+template <>
+C10_ALWAYS_INLINE c10::BFloat16 from_acc<c10::BFloat16, float>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint16_t bits = static_cast<uint16_t>(v != v ? 0x7fc0u : rounded);
+  return c10::BFloat16(bits, c10::BFloat16::from_bits());
+}
+
+}  // namespace ops
+}  // namespace pwlu_mmdet

@@ -15,7 +15,6 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstring>
 
 namespace pwlu_mmdet {
 namespace ops {
@@ -33,10 +32,9 @@ struct Table {
   __m512 lo, hi;  // entries 0..15 and 16..31
 };
 
-__attribute__((target("avx512f"))) inline Table load_table(const float* values, int entries) {
-  alignas(64) float buf[32] = {0};
-  std::memcpy(buf, values, sizeof(float) * entries);
-  return {_mm512_load_ps(buf), _mm512_load_ps(buf + 16)};
+// `values` holds 32 readable entries (the kernel pads every table to 32).
+__attribute__((target("avx512f"))) inline Table load_table(const float* values) {
+  return {_mm512_loadu_ps(values), _mm512_loadu_ps(values + 16)};
 }
 
 // Table entry j of 16 elements, as clamped_coordinate + table_entry: t becomes -1 unless
@@ -105,8 +103,8 @@ __attribute__((target("avx512f"))) int64_t forward_run(const scalar_t* x, scalar
                                                        int64_t len, float lb, float inv, int n,
                                                        const float* slopes,
                                                        const float* intercepts) {
-  const Table s = load_table(slopes, n + 2);
-  const Table o = load_table(intercepts, n + 2);
+  const Table s = load_table(slopes);
+  const Table o = load_table(intercepts);
   const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
   const __m512 vn = _mm512_set1_ps(static_cast<float>(n));
   int64_t k = 0;
@@ -122,7 +120,7 @@ __attribute__((target("avx512f"))) int64_t input_grad_run(const scalar_t* g, con
                                                           scalar_t* gx, int64_t len, float lb,
                                                           float inv, int n,
                                                           const float* slopes) {
-  const Table s = load_table(slopes, n + 2);
+  const Table s = load_table(slopes);
   const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
   const __m512 vn = _mm512_set1_ps(static_cast<float>(n));
   int64_t k = 0;

@@ -32,6 +32,10 @@ namespace {
 // Elements per parallel task: large enough to amortise scheduling, small enough to share work.
 constexpr int64_t kGrain = 32768;
 
+// Distance between two sets' tables: at least 32 entries, so that the AVX-512 path can load a
+// whole (zero-padded) table with two plain vector loads (pwlu_avx512.h).
+inline int table_stride(int n) { return n + 2 <= 32 ? 32 : n + 2; }
+
 // ---------------------------------------------------------------------------- element loops
 // A run of `len` elements of one parameter set. The non-template overloads below are the
 // cloned (per-ISA) entry points; the templates hold the code.
@@ -47,7 +51,7 @@ C10_ALWAYS_INLINE bool forward_run_impl(const scalar_t* __restrict__ x, scalar_t
     const acc_t v =
         forward_value_finite(static_cast<acc_t>(x[k]), lb, inv, n, slopes, intercepts);
     suspect |= (v != v);
-    y[k] = static_cast<scalar_t>(v);
+    y[k] = from_acc<scalar_t, acc_t>(v);
   }
   return suspect != 0;
 }
@@ -59,13 +63,13 @@ C10_ALWAYS_INLINE bool forward_row_impl(const scalar_t* __restrict__ x, scalar_t
                                         const acc_t* __restrict__ invs, int n,
                                         const acc_t* __restrict__ slopes,
                                         const acc_t* __restrict__ intercepts) {
-  const int entries = n + 2;
+  const int entries = table_stride(n);
   int suspect = 0;
   for (int64_t c = 0; c < channels; ++c) {
     const acc_t v = forward_value_finite(static_cast<acc_t>(x[c]), lbs[c], invs[c], n,
                                          slopes + c * entries, intercepts + c * entries);
     suspect |= (v != v);
-    y[c] = static_cast<scalar_t>(v);
+    y[c] = from_acc<scalar_t, acc_t>(v);
   }
   return suspect != 0;
 }
@@ -75,10 +79,10 @@ template <typename scalar_t, typename acc_t>
 void fix_infinities(const scalar_t* x, scalar_t* y, int64_t len, int64_t set_stride,
                     const acc_t* lbs, const acc_t* invs, int n, const acc_t* slopes,
                     const acc_t* intercepts) {
-  const int entries = n + 2;
+  const int entries = table_stride(n);
   for (int64_t k = 0; k < len; ++k) {
     const int64_t s = set_stride ? k % set_stride : 0;
-    y[k] = static_cast<scalar_t>(forward_value(static_cast<acc_t>(x[k]), lbs[s], invs[s], n,
+    y[k] = from_acc<scalar_t, acc_t>(forward_value(static_cast<acc_t>(x[k]), lbs[s], invs[s], n,
                                                slopes + s * entries, intercepts + s * entries));
   }
 }
@@ -91,7 +95,7 @@ C10_ALWAYS_INLINE void input_grad_run_impl(const scalar_t* __restrict__ g,
                                            acc_t inv, int n, const acc_t* __restrict__ slopes) {
   for (int64_t k = 0; k < len; ++k) {
     const int j = table_entry(interval_coordinate(static_cast<acc_t>(x[k]), lb, inv), n);
-    gx[k] = static_cast<scalar_t>(static_cast<acc_t>(g[k]) * slopes[j]);
+    gx[k] = from_acc<scalar_t, acc_t>(static_cast<acc_t>(g[k]) * slopes[j]);
   }
 }
 
@@ -102,10 +106,10 @@ C10_ALWAYS_INLINE void input_grad_row_impl(const scalar_t* __restrict__ g,
                                            const acc_t* __restrict__ lbs,
                                            const acc_t* __restrict__ invs, int n,
                                            const acc_t* __restrict__ slopes) {
-  const int entries = n + 2;
+  const int entries = table_stride(n);
   for (int64_t c = 0; c < channels; ++c) {
     const int j = table_entry(interval_coordinate(static_cast<acc_t>(x[c]), lbs[c], invs[c]), n);
-    gx[c] = static_cast<scalar_t>(static_cast<acc_t>(g[c]) * slopes[c * entries + j]);
+    gx[c] = from_acc<scalar_t, acc_t>(static_cast<acc_t>(g[c]) * slopes[c * entries + j]);
   }
 }
 
@@ -201,7 +205,7 @@ C10_ALWAYS_INLINE void prepass_run_impl(const scalar_t* __restrict__ g,
     const acc_t gv = static_cast<acc_t>(g[k]);
     const acc_t t = interval_coordinate(static_cast<acc_t>(x[k]), lb, inv);
     const int j = table_entry(t, n);
-    gx[k] = static_cast<scalar_t>(gv * slopes[j]);
+    gx[k] = from_acc<scalar_t, acc_t>(gv * slopes[j]);
     slot[k] = j;
     ga[k] = gv;
     gu[k] = gv * (t - entry_base<acc_t>(j, n));
@@ -218,13 +222,13 @@ C10_ALWAYS_INLINE void prepass_row_impl(const scalar_t* __restrict__ g,
                                         const acc_t* __restrict__ slopes,
                                         int32_t* __restrict__ slot, acc_t* __restrict__ ga,
                                         acc_t* __restrict__ gu) {
-  const int entries = n + 2;
+  const int entries = table_stride(n);
   const int width = histogram_width(n);
   for (int64_t c = 0; c < channels; ++c) {
     const acc_t gv = static_cast<acc_t>(g[c]);
     const acc_t t = interval_coordinate(static_cast<acc_t>(x[c]), lbs[c], invs[c]);
     const int j = table_entry(t, n);
-    gx[c] = static_cast<scalar_t>(gv * slopes[c * entries + j]);
+    gx[c] = from_acc<scalar_t, acc_t>(gv * slopes[c * entries + j]);
     slot[c] = static_cast<int32_t>(c) * width + j;
     ga[c] = gv;
     gu[c] = gv * (t - entry_base<acc_t>(j, n));
@@ -318,10 +322,10 @@ struct CpuTables {
   std::vector<PwluRange<acc_t>> ranges;
   std::vector<acc_t> lbs, invs, slopes, intercepts;
   int n;
-  int entries;  // N + 2
+  int entries;  // table_stride(N): N + 2 entries, zero-padded
 
   explicit CpuTables(const PwluParams& p)
-      : n(static_cast<int>(p.num_intervals)), entries(static_cast<int>(p.num_intervals) + 2) {
+      : n(static_cast<int>(p.num_intervals)), entries(table_stride(n)) {
     const acc_t* points = p.points.data_ptr<acc_t>();
     const acc_t* lb = p.left_bound.data_ptr<acc_t>();
     const acc_t* rb = p.right_bound.data_ptr<acc_t>();
@@ -330,13 +334,13 @@ struct CpuTables {
     ranges.resize(p.num_sets);
     lbs.resize(p.num_sets);
     invs.resize(p.num_sets);
-    slopes.resize(p.num_sets * entries);
-    intercepts.resize(p.num_sets * entries);
+    slopes.assign(p.num_sets * entries, acc_t(0));
+    intercepts.assign(p.num_sets * entries, acc_t(0));
     for (int64_t s = 0; s < p.num_sets; ++s) {
       ranges[s] = make_range<acc_t>(lb[s], rb[s], n);
       lbs[s] = ranges[s].left_bound;
       invs[s] = ranges[s].inv_width;
-      for (int j = 0; j < entries; ++j) {
+      for (int j = 0; j < n + 2; ++j) {
         table_pair<acc_t, acc_t>(points + s * (n + 1), ranges[s], ls[s], rs[s], j,
                                  &slopes[s * entries + j], &intercepts[s * entries + j]);
       }

@@ -32,7 +32,7 @@ C10_ALWAYS_INLINE acc_t relu_sum_impl(const scalar_t* __restrict__ x, scalar_t* 
   for (int64_t k = 0; k < len; ++k) {
     const acc_t v = static_cast<acc_t>(x[k]);
     sum += v;
-    y[k] = v < acc_t(0) ? scalar_t(0) : x[k];
+    y[k] = from_acc<scalar_t, acc_t>(v < acc_t(0) ? acc_t(0) : v);
   }
   return sum;
 }
