@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pwlu_mmdet import PWLU, alignment_iou, pwlu
-from pwlu_mmdet.ops import compiled_available
+from pwlu_mmdet.ops import compiled_available, pwlu_reference
 
 PARAMS = ('points', 'left_bound', 'right_bound', 'left_slope', 'right_slope')
 
@@ -386,3 +386,24 @@ def test_registered_in_mmengine_models_with_and_without_scope():
         conv = mmcv_cnn.ConvModule(3, 8, 3, act_cfg=dict(type='PWLU', num_channels=8))
         assert isinstance(conv.activate, PWLU)
         assert conv(torch.randn(1, 3, 5, 5)).shape == (1, 8, 3, 3)
+
+
+def test_eval_valid_range_cache_follows_parameter_changes():
+    """Inference caches the valid range; an in-place parameter change must refresh it."""
+    torch.manual_seed(0)
+    layer = PWLU(4)
+    layer.train()
+    layer(torch.randn(8, 4, 5, 5))
+    layer.realign()
+    layer.eval()
+    x = torch.randn(2, 4, 5, 5) * 3
+    with torch.no_grad():
+        first = layer(x)
+        layer.right_bound.copy_(layer.left_bound)  # degenerate: the forward must widen it
+        second = layer(x)
+        left_bound, right_bound = layer.valid_range()
+        expected = pwlu_reference(x, layer.points, left_bound, right_bound, layer.left_slope,
+                                  layer.right_slope)
+    assert torch.isfinite(second).all()
+    torch.testing.assert_close(second, expected)
+    assert not torch.allclose(first, second)

@@ -157,6 +157,7 @@ class PWLU(nn.Module):
         # GPU. It is refreshed by realign(), reset_parameters() and _load_from_state_dict().
         self._realigned = False
         self._table_cache = None
+        self._range_cache = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ phase and parameters
@@ -348,8 +349,14 @@ class PWLU(nn.Module):
                 return self._table_forward(x, self._build_tables())
             wants_param_grads = torch.is_grad_enabled() and any(
                 p.requires_grad for p in self._pwlu_parameters())
-            if not wants_param_grads and (self.eval_impl == 'table' or not compiled_available()):
-                return self._table_forward(x, self._cached_tables())
+            if not wants_param_grads:
+                if self.eval_impl == 'table' or not compiled_available():
+                    return self._table_forward(x, self._cached_tables())
+                # Inference: the valid range changes only with the parameters, so it is cached
+                # like the tables (it is a handful of small ops, as costly as a small layer).
+                left_bound, right_bound = self._cached_valid_range()
+                return pwlu(x, self.points, left_bound, right_bound, self.left_slope,
+                            self.right_slope)
         left_bound, right_bound = self.valid_range()
         return pwlu(x, self.points, left_bound, right_bound, self.left_slope, self.right_slope)
 
@@ -389,6 +396,13 @@ class PWLU(nn.Module):
             self._table_cache = (key, self._build_tables())
         return self._table_cache[1]
 
+    @torch.no_grad()
+    def _cached_valid_range(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        key = self._cache_key()
+        if self._range_cache is None or self._range_cache[0] != key:
+            self._range_cache = (key, self.valid_range())
+        return self._range_cache[1]
+
     def _table_forward(self, x: torch.Tensor, tables: Tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``y = x * S_j + O_j`` with standard ops only (exports to plain ONNX)."""
         lb, inv_width, slopes, intercepts = tables
@@ -416,9 +430,11 @@ class PWLU(nn.Module):
         # The loaded phase decides the behaviour and which parameters are trainable.
         self._set_phase(int(self.phase.item()) == _PHASE_II)
         self._table_cache = None
+        self._range_cache = None
 
     def _apply(self, fn, *args, **kwargs):
         self._table_cache = None
+        self._range_cache = None
         return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
