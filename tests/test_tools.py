@@ -136,6 +136,10 @@ def test_quickstart_smoke(tmp_path):
     assert '| PWLU |' in out
     assert osp.exists(tmp_path / 'work' / 'pwlu' / 'metrics.json')
     assert glob.glob(str(tmp_path / 'data' / 'train' / '*.png'))
+    # what the PWLU model learned, next to the AP table
+    assert 'PWLU: mean alignment IoU' in out
+    for name in ('pwlu_curves.png', 'alignment_iou.png', 'alignment_iou.csv'):
+        assert osp.getsize(tmp_path / 'work' / 'pwlu' / name) > 0, name
 
 
 def test_quickstart_fails_below_min_ap(tmp_path, monkeypatch):
@@ -143,7 +147,8 @@ def test_quickstart_fails_below_min_ap(tmp_path, monkeypatch):
     monkeypatch.setattr(quickstart, 'train_and_test', lambda act, args: fake)
     with pytest.raises(SystemExit, match='did not learn'):
         quickstart.main(['--data-root', str(tmp_path / 'd'), '--work-dir', str(tmp_path),
-                         '--acts', 'pwlu', '--num-train', '2', '--num-val', '1'])
+                         '--acts', 'pwlu', '--num-train', '2', '--num-val', '1',
+                         '--no-figures'])
 
 
 def _write(path, metrics, config=None):

@@ -5,7 +5,10 @@
 2. trains the small Mask R-CNN of ``configs/synthetic/`` with ReLU and with PWLU through
    ``tools/train.py`` (PWLU switches phase -- realigns -- during training),
 3. evaluates both checkpoints on the val split through ``tools/test.py`` (COCO bbox/segm AP,
-   pycocotools via mmdet's ``CocoMetric``) and prints the AP table.
+   pycocotools via mmdet's ``CocoMetric``) and prints the AP table,
+4. draws what the PWLU model learned next to it: its activation functions
+   (``pwlu_curves.png``, the paper's Fig. 7) and the alignment-IoU histogram of its ranges with
+   its inputs (``alignment_iou.png`` + CSV, Fig. 6), in ``WORK_DIR/pwlu/``.
 
 It exits non-zero when a step fails or the PWLU model's bbox mAP_50 is below ``--min-ap50``.
 Full logs are in ``WORK_DIR/<act>/{train,test}.log``. Run from the repository root::
@@ -47,6 +50,8 @@ def parse_args(argv=None):
     parser.add_argument('--realign-iter', type=int, help='override the PWLU realign iteration')
     parser.add_argument('--num-train', type=int, default=400, help='training images')
     parser.add_argument('--num-val', type=int, default=100, help='validation images')
+    parser.add_argument('--no-figures', action='store_true',
+                        help='skip the activation plot and the alignment-IoU histogram')
     return parser.parse_args(argv)
 
 
@@ -110,7 +115,20 @@ def train_and_test(act: str, args) -> dict:
     test_time = time.time() - start
     with open(metrics_file) as f:
         metrics = json.load(f)['metrics']
-    return dict(act=name, metrics=metrics, train_time=train_time, test_time=test_time)
+    return dict(act=name, metrics=metrics, train_time=train_time, test_time=test_time,
+                checkpoint=checkpoint, work_dir=work_dir, config=config)
+
+
+def write_figures(res: dict) -> str:
+    """The PWLU model's activation plot and alignment-IoU histogram; returns a summary line."""
+    from pwlu_mmdet.analysis import write_report_figures
+
+    # tools/train.py dumps the config it ran (with the data root of --cfg-options) into the
+    # work dir: the analysis reads the training data through it.
+    dumped = osp.join(res['work_dir'], osp.basename(res['config']))
+    out = write_report_figures(dumped, res['checkpoint'], res['work_dir'], num_batches=4)
+    return (f'{res["act"]}: mean alignment IoU {out["mean_iou"]:.3f}; figures: '
+            f'{out["curves"]}, {out["histogram"]} (per-layer numbers: {out["csv"]})')
 
 
 def format_table(results) -> str:
@@ -139,6 +157,10 @@ def main(argv=None):
           f'total time {total / 60:.1f} min:\n{table}', flush=True)
     with open(osp.join(args.work_dir, 'results.md'), 'w') as f:
         f.write(table + '\n')
+    if not args.no_figures:
+        for res in results:
+            if res['act'] == 'PWLU':
+                print(write_figures(res), flush=True)
     for res in results:
         ap50 = res['metrics'].get('coco/bbox_mAP_50', 0.)
         if res['act'] == 'PWLU' and ap50 < args.min_ap50:

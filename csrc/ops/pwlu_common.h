@@ -51,6 +51,15 @@ inline int64_t check_pwlu_args(const at::Tensor& x, const at::Tensor& points,
   return points.size(1) - 1;
 }
 
+// Checks the input of relu_with_moments.
+inline void check_relu_with_moments_args(const at::Tensor& x) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
+                   "relu_with_moments: x must be a floating-point tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 2,
+                    "relu_with_moments: x must have shape (N, C) or (N, C, *spatial), got ",
+                    x.sizes());
+}
+
 // The memory format the output keeps: channels-last if x is, else contiguous (as the reference).
 inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
   if (x.dim() == 4 && !x.is_contiguous() &&

@@ -352,33 +352,36 @@ struct CpuTables {
 };
 
 // ----------------------------------------------------------------------------------- forward
+// Calls fn(base, len, set) over x cut into runs of one parameter set (the whole tensor
+// layer-wise, one plane channel-wise), in chunks of at most kGrain elements, in parallel.
+template <typename Fn>
+void parallel_runs(const PwluLayout& layout, bool shared, const Fn& fn) {
+  const int64_t run = shared ? layout.numel() : layout.inner;
+  const int64_t runs = layout.numel() / run;
+  const int64_t chunk = std::min<int64_t>(run, kGrain);
+  const int64_t chunks_per_run = (run + chunk - 1) / chunk;
+  at::parallel_for(0, runs * chunks_per_run, std::max<int64_t>(1, kGrain / chunk),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t task = begin; task < end; ++task) {
+                       const int64_t r = task / chunks_per_run;
+                       const int64_t offset = (task % chunks_per_run) * chunk;
+                       fn(r * run + offset, std::min(chunk, run - offset),
+                          shared ? 0 : r % layout.channels);
+                     }
+                   });
+}
+
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
                     const CpuTables<acc_t>& tab) {
   if (tab.shared() || layout.inner > 1) {
-    // Runs of one set: the whole tensor (layer-wise) or one plane. Tasks are cut at plane
-    // boundaries only where the set changes.
-    const int64_t run = tab.shared() ? layout.numel() : layout.inner;
-    const int64_t runs = layout.numel() / run;
-    const int64_t chunk = std::min<int64_t>(run, kGrain);
-    const int64_t chunks_per_run = (run + chunk - 1) / chunk;
-    at::parallel_for(0, runs * chunks_per_run, std::max<int64_t>(1, kGrain / chunk),
-                     [&](int64_t begin, int64_t end) {
-                       for (int64_t task = begin; task < end; ++task) {
-                         const int64_t r = task / chunks_per_run;
-                         const int64_t offset = (task % chunks_per_run) * chunk;
-                         const int64_t s = tab.shared() ? 0 : r % layout.channels;
-                         const int64_t base = r * run + offset;
-                         const int64_t len = std::min(chunk, run - offset);
-                         if (forward_run_fast(x + base, y + base, len, tab.lbs[s],
-                                              tab.invs[s], tab.n, tab.slopes_of(s),
-                                              tab.intercepts_of(s))) {
-                           fix_infinities(x + base, y + base, len, 0, &tab.lbs[s],
-                                          &tab.invs[s], tab.n, tab.slopes_of(s),
-                                          tab.intercepts_of(s));
-                         }
-                       }
-                     });
+    parallel_runs(layout, tab.shared(), [&](int64_t base, int64_t len, int64_t s) {
+      if (forward_run_fast(x + base, y + base, len, tab.lbs[s], tab.invs[s], tab.n,
+                           tab.slopes_of(s), tab.intercepts_of(s))) {
+        fix_infinities(x + base, y + base, len, 0, &tab.lbs[s], &tab.invs[s], tab.n,
+                       tab.slopes_of(s), tab.intercepts_of(s));
+      }
+    });
     return;
   }
   const int64_t channels = layout.channels;
@@ -403,22 +406,10 @@ template <typename scalar_t, typename acc_t>
 void input_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
                        const PwluLayout& layout, const CpuTables<acc_t>& tab) {
   if (tab.shared() || layout.inner > 1) {
-    const int64_t run = tab.shared() ? layout.numel() : layout.inner;
-    const int64_t runs = layout.numel() / run;
-    const int64_t chunk = std::min<int64_t>(run, kGrain);
-    const int64_t chunks_per_run = (run + chunk - 1) / chunk;
-    at::parallel_for(0, runs * chunks_per_run, std::max<int64_t>(1, kGrain / chunk),
-                     [&](int64_t begin, int64_t end) {
-                       for (int64_t task = begin; task < end; ++task) {
-                         const int64_t r = task / chunks_per_run;
-                         const int64_t offset = (task % chunks_per_run) * chunk;
-                         const int64_t s = tab.shared() ? 0 : r % layout.channels;
-                         const int64_t base = r * run + offset;
-                         input_grad_run_fast(g + base, x + base, gx + base,
-                                             std::min(chunk, run - offset), tab.lbs[s],
-                                             tab.invs[s], tab.n, tab.slopes_of(s));
-                       }
-                     });
+    parallel_runs(layout, tab.shared(), [&](int64_t base, int64_t len, int64_t s) {
+      input_grad_run_fast(g + base, x + base, gx + base, len, tab.lbs[s], tab.invs[s], tab.n,
+                          tab.slopes_of(s));
+    });
     return;
   }
   const int64_t channels = layout.channels;

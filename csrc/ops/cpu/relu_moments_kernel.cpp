@@ -161,11 +161,7 @@ std::vector<Moments> relu_moments_kernel(const scalar_t* x, scalar_t* y, const P
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_cpu(const at::Tensor& x,
                                                                      bool per_channel) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
-                   "relu_with_moments: x must be a floating-point tensor, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 2,
-                    "relu_with_moments: x must have shape (N, C) or (N, C, *spatial), got ",
-                    x.sizes());
+  check_relu_with_moments_args(x);
   const at::MemoryFormat format = output_memory_format(x);
   const at::Tensor xc = x.contiguous(format);
   at::Tensor y = at::empty_like(xc, xc.options(), format);

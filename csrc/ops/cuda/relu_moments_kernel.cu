@@ -17,11 +17,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_cuda(const at::Tensor& x,
                                                                       bool per_channel) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
-                   "relu_with_moments: x must be a floating-point tensor, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 2,
-                    "relu_with_moments: x must have shape (N, C) or (N, C, *spatial), got ",
-                    x.sizes());
+  check_relu_with_moments_args(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::MemoryFormat format = output_memory_format(x);
   at::Tensor y = at::relu(x.contiguous(format));
