@@ -21,6 +21,16 @@ from pwlu_mmdet.models import spread_act_cfg  # noqa: E402
 
 register_all_modules()
 
+
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    """Build in mmdet's scope whatever default scope earlier tests (e.g. an mmengine Runner)
+    left behind; the previous scopes are restored afterwards."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
+
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MASK_RCNN = osp.join(ROOT, 'configs', 'mask_rcnn', 'mask-rcnn_r50-scratch_fpn_gn-all-{}_3x_coco.py')
 RETINANET = osp.join(ROOT, 'configs', 'retinanet', 'retinanet_r50-scratch_fpn_gn-all-{}_3x_coco.py')
