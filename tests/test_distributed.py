@@ -62,6 +62,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         records['init'] = _state(runner.model.module)
         runner.train()
         torch.save(records, os.path.join(out_dir, f'rank{rank}.pt'))
+        # Both ranks done before either tears gloo down: a rank destroying the group while
+        # the other still holds DDP's communication aborts it ("terminate called ...").
+        del runner
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -177,6 +181,8 @@ def _accumulation_worker(rank: int, port: int, out_dir: str) -> None:
         torch.save(dict(synced={n: p.grad for n, p in model[1].named_parameters()},
                         local={n: p.grad for n, p in local[1].named_parameters()}),
                    os.path.join(out_dir, f'acc{rank}.pt'))
+        del ddp, sync  # release DDP's reducer, then let both ranks finish together
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
