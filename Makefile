@@ -10,7 +10,7 @@ STAMPS      := $(VENV)/.stamps
 EXT_SOURCES := $(shell find csrc -type f) setup.py
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test op-demo gpu-check clean
+.PHONY: setup demo test gpu-check clean
 
 setup: $(STAMPS)/project
 
@@ -41,9 +41,6 @@ $(STAMPS)/project: $(STAMPS)/mmcv $(EXT_SOURCES)
 
 demo: setup
 	$(PYTHON) tools/quickstart.py
-
-op-demo: setup
-	$(PYTHON) tools/op_demo.py
 
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
