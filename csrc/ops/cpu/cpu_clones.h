@@ -3,6 +3,13 @@
 // on every x86-64 machine. Elsewhere the macro is empty.
 #pragma once
 
+// Instantiates M(scalar_t, acc_t) for every input dtype the kernels dispatch on.
+#define PWLU_FOR_EACH_DTYPE(M) \
+  M(float, float)              \
+  M(double, double)            \
+  M(c10::Half, float)          \
+  M(c10::BFloat16, float)
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define PWLU_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -10,6 +17,7 @@
 #endif
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 #include <cstring>

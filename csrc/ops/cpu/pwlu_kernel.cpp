@@ -134,10 +134,7 @@ C10_ALWAYS_INLINE void input_grad_row_impl(const scalar_t* __restrict__ g,
     input_grad_row_impl<scalar_t, acc_t>(g, x, gx, channels, lbs, invs, n, s);                  \
   }
 
-PWLU_DEFINE_CLONED_LOOPS(float, float)
-PWLU_DEFINE_CLONED_LOOPS(double, double)
-PWLU_DEFINE_CLONED_LOOPS(c10::Half, float)
-PWLU_DEFINE_CLONED_LOOPS(c10::BFloat16, float)
+PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_LOOPS)
 #undef PWLU_DEFINE_CLONED_LOOPS
 
 // Runs of one set of float or bfloat16 elements take the AVX-512 table-in-registers path where
@@ -248,10 +245,7 @@ C10_ALWAYS_INLINE void prepass_row_impl(const scalar_t* __restrict__ g,
     prepass_row_impl<scalar_t, acc_t>(g, x, gx, channels, lbs, invs, n, s, slot, ga, gu);      \
   }
 
-PWLU_DEFINE_CLONED_PREPASS(float, float)
-PWLU_DEFINE_CLONED_PREPASS(double, double)
-PWLU_DEFINE_CLONED_PREPASS(c10::Half, float)
-PWLU_DEFINE_CLONED_PREPASS(c10::BFloat16, float)
+PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_PREPASS)
 #undef PWLU_DEFINE_CLONED_PREPASS
 
 // The scatter-adds of a prepassed piece: A[slot] += g, B[slot] += g * u (B at offset N + 2).

@@ -58,10 +58,7 @@ C10_ALWAYS_INLINE acc_t squared_deviations_impl(const scalar_t* __restrict__ x, 
     return squared_deviations_impl<scalar_t, acc_t>(x, len, mean);                             \
   }
 
-PWLU_DEFINE_CLONED_LOOPS(float, float)
-PWLU_DEFINE_CLONED_LOOPS(double, double)
-PWLU_DEFINE_CLONED_LOOPS(c10::Half, float)
-PWLU_DEFINE_CLONED_LOOPS(c10::BFloat16, float)
+PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_LOOPS)
 #undef PWLU_DEFINE_CLONED_LOOPS
 
 // relu over a run and the run's moments: two passes while the run is in cache.
