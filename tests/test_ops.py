@@ -353,3 +353,21 @@ def test_dense_sweep_every_piece(device, dtype, num_intervals, layer_wise):
     x = (lb + t * (rb - lb) / num_intervals).repeat(2, 1, 1).to(dtype=dtype, device=device)
     check_op_against_reference(x, params, *TOL[dtype],
                                param_rtol=1e-5 if dtype != torch.bfloat16 else 1e-4)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('shape', [(9, 37), (3, 37, 2, 5)], ids=['2d', 'channels_last'])
+def test_interleaved_channels_wide_rows(device, dtype, shape):
+    """Rows of more than 16 interleaved channels (the vectorised row path and its tail),
+    including infinite inputs that need the limit."""
+    x = make_input(shape, dtype, device)
+    x.view(-1)[::7] = float('-inf')
+    if x.dim() == 4:
+        x = x.to(memory_format=torch.channels_last)
+    params = make_params(37, 16, dtype=torch.float32, device=device)
+    params[3].view(-1)[::2] = 0.0  # zero left slopes: -inf maps to Y_0, not NaN
+    y = pwlu(x, *params)
+    expected = pwlu_reference(x.double(), *[p.double() for p in params])
+    assert not torch.isnan(y).any()
+    torch.testing.assert_close(y.double(), expected, atol=TOL[dtype][0], rtol=TOL[dtype][1])

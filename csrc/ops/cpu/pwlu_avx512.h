@@ -131,6 +131,33 @@ __attribute__((target("avx512f"))) int64_t input_grad_run(const scalar_t* g, con
   return k;
 }
 
+// Forward of a row of interleaved channels (channel c uses the table at c * stride): each lane
+// has its own table, so the look-ups are gathers. Returns the number of leading channels done.
+template <typename scalar_t>
+__attribute__((target("avx512f"))) int64_t forward_row(const scalar_t* x, scalar_t* y,
+                                                       int64_t channels, const float* lbs,
+                                                       const float* invs, int n, int stride,
+                                                       const float* slopes,
+                                                       const float* intercepts) {
+  const __m512 vn = _mm512_set1_ps(static_cast<float>(n));
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i vstride = _mm512_set1_epi32(stride);
+  int64_t c = 0;
+  for (; c + 16 <= channels; c += 16) {
+    const __m512 xv = load(x + c);
+    const __m512i j = entries(xv, _mm512_loadu_ps(lbs + c), _mm512_loadu_ps(invs + c), vn);
+    const __m512i channel = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c)), lane);
+    const __m512i index = _mm512_add_epi32(_mm512_mullo_epi32(channel, vstride), j);
+    const __m512 slope = _mm512_i32gather_ps(index, slopes, 4);
+    const __m512 intercept = _mm512_i32gather_ps(index, intercepts, 4);
+    const __m512 yv = _mm512_fmadd_ps(xv, slope, intercept);
+    const __mmask16 fix =
+        _mm512_cmp_ps_mask(yv, yv, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(xv, xv, _CMP_ORD_Q);
+    store(y + c, _mm512_mask_mov_ps(yv, fix, intercept));
+  }
+  return c;
+}
+
 }  // namespace avx512
 }  // namespace ops
 }  // namespace pwlu_mmdet

@@ -160,6 +160,25 @@ bool forward_run_fast(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb, acc
 }
 
 template <typename scalar_t, typename acc_t>
+bool forward_row_fast(const scalar_t* x, scalar_t* y, int64_t channels, const acc_t* lbs,
+                      const acc_t* invs, int n, const acc_t* s, const acc_t* o) {
+  int64_t done = 0;
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (kHasAvx512Path<scalar_t>) {
+    // The table index c * stride + j must fit an int32 lane.
+    if (avx512::available() && channels * table_stride(n) < (int64_t(1) << 31)) {
+      done = avx512::forward_row(x, y, channels, lbs, invs, n, table_stride(n), s, o);
+    }
+  }
+#endif
+  if (done == channels) return false;
+  // The generic loop indexes its tables from the first channel it is given.
+  const int stride = table_stride(n);
+  return forward_row(x + done, y + done, channels - done, lbs + done, invs + done, n,
+                     s + done * stride, o + done * stride);
+}
+
+template <typename scalar_t, typename acc_t>
 void input_grad_run_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t len,
                          acc_t lb, acc_t inv, int n, const acc_t* s) {
 #ifdef PWLU_HAVE_AVX512_PATH
@@ -330,15 +349,19 @@ struct CpuTables {
     invs.resize(p.num_sets);
     slopes.assign(p.num_sets * entries, acc_t(0));
     intercepts.assign(p.num_sets * entries, acc_t(0));
-    for (int64_t s = 0; s < p.num_sets; ++s) {
-      ranges[s] = make_range<acc_t>(lb[s], rb[s], n);
-      lbs[s] = ranges[s].left_bound;
-      invs[s] = ranges[s].inv_width;
-      for (int j = 0; j < n + 2; ++j) {
-        table_pair<acc_t, acc_t>(points + s * (n + 1), ranges[s], ls[s], rs[s], j,
-                                 &slopes[s * entries + j], &intercepts[s * entries + j]);
+    // Wide layers (an fc of 1024 channels) have as many table entries as a small input has
+    // elements: build them in parallel too.
+    at::parallel_for(0, p.num_sets, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        ranges[s] = make_range<acc_t>(lb[s], rb[s], n);
+        lbs[s] = ranges[s].left_bound;
+        invs[s] = ranges[s].inv_width;
+        for (int j = 0; j < n + 2; ++j) {
+          table_pair<acc_t, acc_t>(points + s * (n + 1), ranges[s], ls[s], rs[s], j,
+                                   &slopes[s * entries + j], &intercepts[s * entries + j]);
+        }
       }
-    }
+    });
   }
   bool shared() const { return ranges.size() == 1; }
   const acc_t* slopes_of(int64_t s) const { return slopes.data() + s * entries; }
@@ -383,9 +406,9 @@ void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
                    [&](int64_t begin, int64_t end) {
                      for (int64_t row = begin; row < end; ++row) {
                        const int64_t base = row * channels;
-                       if (forward_row(x + base, y + base, channels, tab.lbs.data(),
-                                       tab.invs.data(), tab.n, tab.slopes.data(),
-                                       tab.intercepts.data())) {
+                       if (forward_row_fast(x + base, y + base, channels, tab.lbs.data(),
+                                            tab.invs.data(), tab.n, tab.slopes.data(),
+                                            tab.intercepts.data())) {
                          fix_infinities(x + base, y + base, channels, channels, tab.lbs.data(),
                                         tab.invs.data(), tab.n, tab.slopes.data(),
                                         tab.intercepts.data());
