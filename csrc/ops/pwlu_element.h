@@ -28,6 +28,7 @@ struct PwluRange {
   acc_t left_bound;
   acc_t right_bound;
   acc_t inv_width;  // N / (B_R - B_L): maps x to the interval coordinate t
+  acc_t step;       // d = (B_R - B_L) / N, the width of one interval
   int num_intervals;
 };
 
@@ -39,6 +40,7 @@ C10_HOST_DEVICE inline PwluRange<acc_t> make_range(acc_t left_bound, acc_t right
   r.left_bound = left_bound;
   r.right_bound = right_bound;
   r.inv_width = acc_t(num_intervals) / (right_bound - left_bound);
+  r.step = (right_bound - left_bound) / acc_t(num_intervals);
   r.num_intervals = num_intervals;
   return r;
 }
@@ -94,7 +96,7 @@ C10_HOST_DEVICE inline void table_pair(const param_t* points, const PwluRange<ac
     const acc_t y1 = acc_t(points[idx + 1]);
     const acc_t k = (y1 - y0) * r.inv_width;
     // B_idx = B_L + idx * d, d = (B_R - B_L) / N, as in the reference.
-    const acc_t b = r.left_bound + acc_t(idx) * ((r.right_bound - r.left_bound) / acc_t(n));
+    const acc_t b = r.left_bound + acc_t(idx) * r.step;
     *slope = k;
     *intercept = y0 - b * k;
   }
