@@ -388,6 +388,15 @@ void parallel_runs(const PwluLayout& layout, bool shared, const Fn& fn) {
                    });
 }
 
+// Calls fn(base) for every row of C interleaved channels (inner == 1), in parallel.
+template <typename Fn>
+void parallel_rows(const PwluLayout& layout, const Fn& fn) {
+  at::parallel_for(0, layout.outer, std::max<int64_t>(1, kGrain / layout.channels),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t row = begin; row < end; ++row) fn(row * layout.channels);
+                   });
+}
+
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
                     const CpuTables<acc_t>& tab) {
@@ -402,19 +411,13 @@ void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
     return;
   }
   const int64_t channels = layout.channels;
-  at::parallel_for(0, layout.outer, std::max<int64_t>(1, kGrain / channels),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t row = begin; row < end; ++row) {
-                       const int64_t base = row * channels;
-                       if (forward_row_fast(x + base, y + base, channels, tab.lbs.data(),
-                                            tab.invs.data(), tab.n, tab.slopes.data(),
-                                            tab.intercepts.data())) {
-                         fix_infinities(x + base, y + base, channels, channels, tab.lbs.data(),
-                                        tab.invs.data(), tab.n, tab.slopes.data(),
-                                        tab.intercepts.data());
-                       }
-                     }
-                   });
+  parallel_rows(layout, [&](int64_t base) {
+    if (forward_row_fast(x + base, y + base, channels, tab.lbs.data(), tab.invs.data(), tab.n,
+                         tab.slopes.data(), tab.intercepts.data())) {
+      fix_infinities(x + base, y + base, channels, channels, tab.lbs.data(), tab.invs.data(),
+                     tab.n, tab.slopes.data(), tab.intercepts.data());
+    }
+  });
 }
 
 // -------------------------------------------------------------------------------- backward
@@ -429,15 +432,10 @@ void input_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
     });
     return;
   }
-  const int64_t channels = layout.channels;
-  at::parallel_for(0, layout.outer, std::max<int64_t>(1, kGrain / channels),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t row = begin; row < end; ++row) {
-                       const int64_t base = row * channels;
-                       input_grad_row(g + base, x + base, gx + base, channels, tab.lbs.data(),
-                                      tab.invs.data(), tab.n, tab.slopes.data());
-                     }
-                   });
+  parallel_rows(layout, [&](int64_t base) {
+    input_grad_row(g + base, x + base, gx + base, layout.channels, tab.lbs.data(),
+                   tab.invs.data(), tab.n, tab.slopes.data());
+  });
 }
 
 // grad_x (gx may be null) and the per-set histograms, histograms[s * W .. s * W + W),
