@@ -7,6 +7,8 @@
 
 #include <tuple>
 
+#include "pwlu_element.h"
+
 namespace pwlu_mmdet {
 namespace ops {
 
@@ -109,6 +111,59 @@ inline PwluParams make_params(const at::Tensor& points, const at::Tensor& left_b
 // float for float16 / bfloat16 / float32, double for double: the kernels' arithmetic type.
 inline at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// A checked pwlu call, ready for a backend: x in the output's memory format, its
+// (outer, C, inner) view and the parameters in the compute type.
+struct PwluCall {
+  at::MemoryFormat format;
+  at::Tensor x;
+  PwluLayout layout;
+  PwluParams params;
+};
+
+inline PwluCall prepare_call(const at::Tensor& x, const at::Tensor& points,
+                             const at::Tensor& left_bound, const at::Tensor& right_bound,
+                             const at::Tensor& left_slope, const at::Tensor& right_slope) {
+  check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope);
+  const at::MemoryFormat format = output_memory_format(x);
+  const at::Tensor xc = x.contiguous(format);
+  return {format, xc, make_layout(xc, format),
+          make_params(points, left_bound, right_bound, left_slope, right_slope,
+                      compute_type(x))};
+}
+
+// The backward's call: grad_output in x's dtype and layout, and the outputs. grad_x is empty
+// (shape (0,)) unless input_grad; set_grads, per set [Y_0..Y_N, B_L, B_R, K_L, K_R] in the
+// compute type and zero-initialised, is undefined unless param_grads.
+struct PwluBackwardCall : PwluCall {
+  at::Tensor grad_output;
+  at::Tensor grad_x;
+  at::Tensor set_grads;
+};
+
+inline PwluBackwardCall prepare_backward(const at::Tensor& grad_output, const at::Tensor& x,
+                                         const at::Tensor& points, const at::Tensor& left_bound,
+                                         const at::Tensor& right_bound,
+                                         const at::Tensor& left_slope,
+                                         const at::Tensor& right_slope, bool input_grad,
+                                         bool param_grads) {
+  PwluBackwardCall call;
+  static_cast<PwluCall&>(call) =
+      prepare_call(x, points, left_bound, right_bound, left_slope, right_slope);
+  TORCH_CHECK_VALUE(grad_output.sizes() == x.sizes(), "pwlu_backward: grad_output has shape ",
+                    grad_output.sizes(), " but x has ", x.sizes());
+  TORCH_CHECK_VALUE(grad_output.device() == x.device(), "pwlu_backward: grad_output is on ",
+                    grad_output.device(), " but x is on ", x.device());
+  call.grad_output = grad_output.to(x.scalar_type()).contiguous(call.format);
+  call.grad_x = input_grad ? at::empty_like(call.x, call.x.options(), call.format)
+                           : at::empty({0}, x.options());
+  if (param_grads) {
+    const int n = static_cast<int>(points.size(1) - 1);
+    call.set_grads =
+        at::zeros({points.size(0), param_grad_width(n)}, x.options().dtype(compute_type(x)));
+  }
+  return call;
 }
 
 using PwluGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,

@@ -511,21 +511,16 @@ void param_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
 at::Tensor pwlu_forward_cpu(const at::Tensor& x, const at::Tensor& points,
                             const at::Tensor& left_bound, const at::Tensor& right_bound,
                             const at::Tensor& left_slope, const at::Tensor& right_slope) {
-  check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope);
-  const at::MemoryFormat format = output_memory_format(x);
-  const at::Tensor xc = x.contiguous(format);
-  at::Tensor y = at::empty_like(xc, xc.options(), format);
+  const PwluCall call = prepare_call(x, points, left_bound, right_bound, left_slope, right_slope);
+  at::Tensor y = at::empty_like(call.x, call.x.options(), call.format);
   if (x.numel() == 0) return y;
-  const PwluLayout layout = make_layout(xc, format);
-  const PwluParams params =
-      make_params(points, left_bound, right_bound, left_slope, right_slope, compute_type(x));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_forward_cpu",
                                   [&] {
                                     using acc_t = at::opmath_type<scalar_t>;
-                                    const CpuTables<acc_t> tables(params);
-                                    forward_kernel<scalar_t, acc_t>(xc.const_data_ptr<scalar_t>(),
-                                                                    y.data_ptr<scalar_t>(), layout,
-                                                                    tables);
+                                    const CpuTables<acc_t> tables(call.params);
+                                    forward_kernel<scalar_t, acc_t>(
+                                        call.x.const_data_ptr<scalar_t>(),
+                                        y.data_ptr<scalar_t>(), call.layout, tables);
                                   });
   return y;
 }
@@ -534,32 +529,20 @@ PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
                             const at::Tensor& points, const at::Tensor& left_bound,
                             const at::Tensor& right_bound, const at::Tensor& left_slope,
                             const at::Tensor& right_slope, bool input_grad, bool param_grads) {
-  check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope);
-  TORCH_CHECK_VALUE(grad_output.sizes() == x.sizes(), "pwlu_backward: grad_output has shape ",
-                    grad_output.sizes(), " but x has ", x.sizes());
-  const at::MemoryFormat format = output_memory_format(x);
-  const at::Tensor xc = x.contiguous(format);
-  const at::Tensor gc = grad_output.to(x.scalar_type()).contiguous(format);
+  const PwluBackwardCall call = prepare_backward(grad_output, x, points, left_bound, right_bound,
+                                                 left_slope, right_slope, input_grad,
+                                                 param_grads);
   const int n = static_cast<int>(points.size(1) - 1);
   const int64_t sets = points.size(0);
-  const at::ScalarType acc_type = compute_type(x);
-
-  at::Tensor grad_x = input_grad ? at::empty_like(xc, xc.options(), format)
-                                 : at::empty({0}, x.options());
-  at::Tensor set_grads = param_grads
-                             ? at::zeros({sets, param_grad_width(n)}, x.options().dtype(acc_type))
-                             : at::Tensor();
   if (x.numel() > 0 && (input_grad || param_grads)) {
-    const PwluLayout layout = make_layout(xc, format);
-    const PwluParams params =
-        make_params(points, left_bound, right_bound, left_slope, right_slope, acc_type);
+    const PwluLayout& layout = call.layout;
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_backward_cpu", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          const CpuTables<acc_t> tables(params);
-          const scalar_t* gp = gc.const_data_ptr<scalar_t>();
-          const scalar_t* xp = xc.const_data_ptr<scalar_t>();
-          scalar_t* gxp = input_grad ? grad_x.data_ptr<scalar_t>() : nullptr;
+          const CpuTables<acc_t> tables(call.params);
+          const scalar_t* gp = call.grad_output.const_data_ptr<scalar_t>();
+          const scalar_t* xp = call.x.const_data_ptr<scalar_t>();
+          scalar_t* gxp = input_grad ? call.grad_x.data_ptr<scalar_t>() : nullptr;
           if (!param_grads) {
             input_grad_kernel<scalar_t, acc_t>(gp, xp, gxp, layout, tables);
             return;
@@ -568,14 +551,14 @@ PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
           // Channel-wise: one histogram per channel; layer-wise: one for the whole tensor.
           std::vector<acc_t> histograms(sets * width, acc_t(0));
           param_grad_kernel<scalar_t, acc_t>(gp, xp, gxp, layout, tables, histograms.data());
-          acc_t* out = set_grads.data_ptr<acc_t>();
+          acc_t* out = call.set_grads.data_ptr<acc_t>();
           for (int64_t s = 0; s < sets; ++s) {
             histogram_to_param_grads(histograms.data() + s * width, tables.slopes_of(s),
                                      tables.ranges[s], out + s * param_grad_width(n));
           }
         });
   }
-  return pack_grads(grad_x, set_grads, points);
+  return pack_grads(call.grad_x, call.set_grads, points);
 }
 
 }  // namespace

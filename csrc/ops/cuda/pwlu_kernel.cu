@@ -238,21 +238,17 @@ bool can_vectorize(const void* a, const void* b, int vec) {
 at::Tensor pwlu_forward_cuda(const at::Tensor& x, const at::Tensor& points,
                              const at::Tensor& left_bound, const at::Tensor& right_bound,
                              const at::Tensor& left_slope, const at::Tensor& right_slope) {
-  check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::MemoryFormat format = output_memory_format(x);
-  const at::Tensor xc = x.contiguous(format);
-  at::Tensor y = at::empty_like(xc, xc.options(), format);
+  const PwluCall call = prepare_call(x, points, left_bound, right_bound, left_slope, right_slope);
+  at::Tensor y = at::empty_like(call.x, call.x.options(), call.format);
   if (x.numel() == 0) return y;
-  const PwluLayout layout = make_layout(xc, format);
-  const PwluParams params =
-      make_params(points, left_bound, right_bound, left_slope, right_slope, compute_type(x));
+  const PwluLayout& layout = call.layout;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_forward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        TableStorage<acc_t> tables(params, stream);
-        const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+        TableStorage<acc_t> tables(call.params, stream);
+        const scalar_t* xp = call.x.const_data_ptr<scalar_t>();
         scalar_t* yp = y.data_ptr<scalar_t>();
         const int64_t numel = layout.numel();
         constexpr int kVec = 16 / sizeof(scalar_t);
@@ -269,41 +265,26 @@ at::Tensor pwlu_forward_cuda(const at::Tensor& x, const at::Tensor& points,
   return y;
 }
 
-PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& points,
-                   const at::Tensor& left_bound, const at::Tensor& right_bound,
-                   const at::Tensor& left_slope, const at::Tensor& right_slope, bool input_grad,
-                   bool param_grads) {
-  check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope);
-  TORCH_CHECK_VALUE(grad_output.sizes() == x.sizes(), "pwlu_backward: grad_output has shape ",
-              grad_output.sizes(), " but x has ", x.sizes());
-  TORCH_CHECK_VALUE(grad_output.device() == x.device(), "pwlu_backward: grad_output is on ",
-              grad_output.device(), " but x is on ", x.device());
+PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
+                             const at::Tensor& points, const at::Tensor& left_bound,
+                             const at::Tensor& right_bound, const at::Tensor& left_slope,
+                             const at::Tensor& right_slope, bool input_grad, bool param_grads) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::MemoryFormat format = output_memory_format(x);
-  const at::Tensor xc = x.contiguous(format);
-  const at::Tensor gc = grad_output.to(x.scalar_type()).contiguous(format);
+  const PwluBackwardCall call = prepare_backward(grad_output, x, points, left_bound, right_bound,
+                                                 left_slope, right_slope, input_grad,
+                                                 param_grads);
   const int64_t n = points.size(1) - 1;
-  const at::ScalarType acc_type = compute_type(x);
   const int64_t num_sets = points.size(0);
-
-  at::Tensor grad_x = input_grad ? at::empty_like(xc, xc.options(), format)
-                                 : at::empty({0}, x.options());
-  at::Tensor set_grads =
-      param_grads ? at::zeros({num_sets, param_grad_width(static_cast<int>(n))},
-                              x.options().dtype(acc_type))
-                  : at::Tensor();
   if (x.numel() > 0 && (input_grad || param_grads)) {
-    const PwluLayout layout = make_layout(xc, format);
-    const PwluParams params =
-        make_params(points, left_bound, right_bound, left_slope, right_slope, acc_type);
+    const PwluLayout& layout = call.layout;
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          TableStorage<acc_t> tables(params, stream);
-          const scalar_t* gp = gc.const_data_ptr<scalar_t>();
-          const scalar_t* xp = xc.const_data_ptr<scalar_t>();
-          scalar_t* gxp = input_grad ? grad_x.data_ptr<scalar_t>() : nullptr;
+          TableStorage<acc_t> tables(call.params, stream);
+          const scalar_t* gp = call.grad_output.const_data_ptr<scalar_t>();
+          const scalar_t* xp = call.x.const_data_ptr<scalar_t>();
+          scalar_t* gxp = input_grad ? call.grad_x.data_ptr<scalar_t>() : nullptr;
           if (!param_grads) {
             input_grad_kernel<scalar_t, acc_t>
                 <<<grid_for(layout.numel(), kThreads), kThreads, 0, stream>>>(
@@ -325,7 +306,7 @@ PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
           const int threads = static_cast<int>(
               by_smem >= 32 ? std::min<int64_t>(kThreads, by_smem / 32 * 32) : by_smem);
           at::Tensor partial =
-              at::empty({layout.channels * blocks * width}, x.options().dtype(acc_type));
+              at::empty({layout.channels * blocks * width}, x.options().dtype(compute_type(x)));
           histogram_partial_kernel<scalar_t, acc_t>
               <<<static_cast<unsigned>(layout.channels * blocks), threads,
                  threads * width * sizeof(acc_t), stream>>>(
@@ -335,11 +316,11 @@ PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
           param_grad_final_kernel<acc_t>
               <<<static_cast<unsigned>(num_sets), 32, width * sizeof(acc_t), stream>>>(
                   partial.data_ptr<acc_t>(), layout.channels, blocks, tables.view,
-                  set_grads.data_ptr<acc_t>());
+                  call.set_grads.data_ptr<acc_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   }
-  return pack_grads(grad_x, set_grads, points);
+  return pack_grads(call.grad_x, call.set_grads, points);
 }
 
 }  // namespace
