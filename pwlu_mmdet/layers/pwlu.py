@@ -238,21 +238,11 @@ class PWLU(nn.Module):
 
     def _phase_one_train(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(x)``, updating the running statistics from ``x`` (non-empty)."""
-        fused = getattr(ops, 'relu_with_moments', None)
-        if fused is not None and compiled_available():
-            # One pass over x for the output and the float32 moments (the compiled op).
-            y, mean, var = fused(x, self.mode == 'channel')
-            self._update_statistics(mean, var)
-            return y
-        with torch.no_grad():
-            xf = x.detach().float()
-            if self.mode == 'channel':
-                dims = [0] + list(range(2, x.dim()))
-                var, mean = torch.var_mean(xf, dim=dims, correction=0)
-            else:
-                var, mean = torch.var_mean(xf, correction=0)
-        self._update_statistics(mean.reshape(-1), var.reshape(-1))
-        return torch.relu(x)
+        # One pass over x for the output and the moments (the compiled op; without it, the
+        # pure-PyTorch relu_with_moments_reference that ops exports under the same name).
+        y, mean, var = ops.relu_with_moments(x, self.mode == 'channel')
+        self._update_statistics(mean, var)
+        return y
 
     @torch.no_grad()
     def _update_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
