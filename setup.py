@@ -25,6 +25,7 @@ def get_extensions():
 
     csrc = os.path.join('csrc')
     sources = [os.path.join(csrc, 'module.cpp'), os.path.join(csrc, 'ops', 'pwlu.cpp')]
+    sources += sorted(glob.glob(os.path.join(csrc, 'ops', 'autograd', '*.cpp')))
     sources += sorted(glob.glob(os.path.join(csrc, 'ops', 'cpu', '*.cpp')))
     cxx_flags = ['-O3', '-std=c++17']
     if os.environ.get('PWLU_NO_OPENMP', '0') != '1' and os.name != 'nt':

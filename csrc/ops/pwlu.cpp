@@ -1,5 +1,6 @@
-// Schemas of the pwlu_mmdet operators. Kernels: cpu/pwlu_kernel.cpp, cuda/pwlu_kernel.cu;
-// autograd and fake (meta) kernels are registered in Python (pwlu_mmdet/ops/_op.py).
+// Schemas of the pwlu_mmdet operators. Kernels: cpu/pwlu_kernel.cpp, cuda/pwlu_kernel.cu,
+// autograd/pwlu_autograd.cpp; the fake (meta) kernels are registered in Python
+// (pwlu_mmdet/ops/_op.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(pwlu_mmdet, m) {

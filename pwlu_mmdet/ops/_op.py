@@ -1,7 +1,9 @@
-"""Python side of the compiled operator: loading, autograd and fake (meta) kernels.
+"""Python side of the compiled operator: loading and fake (meta) kernels.
 
-The schemas and the CPU/CUDA kernels live in C++ (``csrc/ops``); what ``torch.compile`` and
-autograd need is registered here with ``torch.library`` (the pytorch/extension-cpp pattern).
+The schemas, the CPU/CUDA kernels and the autograd kernels live in C++ (``csrc/ops``; autograd
+in C++ because the Python ``register_autograd`` path costs more than the kernels on small
+inputs); the fake kernels that ``torch.compile`` traces with are registered here with
+``torch.library.register_fake``.
 """
 import warnings
 
@@ -36,35 +38,11 @@ if _LOAD_ERROR is None:
                 *(p.new_empty(p.shape) for p in (left_bound, right_bound, left_slope,
                                                   right_slope)))
 
-    def _setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def _backward(ctx, grad_output):
-        needs = ctx.needs_input_grad
-        param_grads = any(needs[1:])
-        grads = torch.ops.pwlu_mmdet.pwlu_backward.default(grad_output, *ctx.saved_tensors,
-                                                           needs[0], param_grads)
-        return tuple(g if need else None for g, need in zip(grads, needs))
-
-    torch.library.register_autograd('pwlu_mmdet::pwlu', _backward, setup_context=_setup_context)
-
     @torch.library.register_fake('pwlu_mmdet::relu_with_moments')
     def _relu_with_moments_fake(x, per_channel):
         sets = x.shape[1] if per_channel else 1
         stat = x.new_empty((sets, ), dtype=compute_dtype(x))
         return torch.empty_like(x, memory_format=suggest_memory_format(x)), stat, stat.clone()
-
-    def _relu_setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[1], output[2])
-        ctx.save_for_backward(output[0])
-
-    def _relu_backward(ctx, grad_y, grad_mean, grad_var):
-        # The statistics are bookkeeping, not part of the model: only y is differentiable.
-        (y, ) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward.default(grad_y, y, 0), None
-
-    torch.library.register_autograd('pwlu_mmdet::relu_with_moments', _relu_backward,
-                                    setup_context=_relu_setup_context)
 
 
 def compiled_available() -> bool:
