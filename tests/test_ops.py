@@ -356,6 +356,17 @@ def test_dense_sweep_every_piece(device, dtype, num_intervals, layer_wise):
 
 
 @pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('shape', [(70, 150), (7100, 150)], ids=['one_block', 'two_row_blocks'])
+def test_interleaved_channels_all_gradients(device, shape):
+    """Interleaved rows of several channel groups (64 each, the last one partial, with a
+    16-channel tail) and, for the larger input (over 2**20 elements), several blocks of rows
+    whose histograms are added: every gradient against the reference."""
+    x = make_input(shape, torch.float32, device)
+    params = make_params(shape[1], 16, dtype=torch.float32, device=device)
+    check_op_against_reference(x, params, *TOL[torch.float32], param_rtol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('shape', [(9, 37), (3, 37, 2, 5)], ids=['2d', 'channels_last'])
 def test_interleaved_channels_wide_rows(device, dtype, shape):

@@ -134,12 +134,19 @@ inline PwluCall prepare_call(const at::Tensor& x, const at::Tensor& points,
 }
 
 // The backward's call: grad_output in x's dtype and layout, and the outputs. grad_x is empty
-// (shape (0,)) unless input_grad; set_grads, per set [Y_0..Y_N, B_L, B_R, K_L, K_R] in the
-// compute type and zero-initialised, is undefined unless param_grads.
+// (shape (0,)) unless input_grad; the parameter gradients, in the compute type, are undefined
+// unless param_grads (zeros for an empty x; otherwise the kernels write every value).
 struct PwluBackwardCall : PwluCall {
   at::Tensor grad_output;
   at::Tensor grad_x;
-  at::Tensor set_grads;
+  at::Tensor grad_points, grad_left_bound, grad_right_bound, grad_left_slope, grad_right_slope;
+
+  template <typename acc_t>
+  ParamGradOut<acc_t> param_grad_out() const {
+    return {grad_points.data_ptr<acc_t>(), grad_left_bound.data_ptr<acc_t>(),
+            grad_right_bound.data_ptr<acc_t>(), grad_left_slope.data_ptr<acc_t>(),
+            grad_right_slope.data_ptr<acc_t>()};
+  }
 };
 
 inline PwluBackwardCall prepare_backward(const at::Tensor& grad_output, const at::Tensor& x,
@@ -159,9 +166,16 @@ inline PwluBackwardCall prepare_backward(const at::Tensor& grad_output, const at
   call.grad_x = input_grad ? at::empty_like(call.x, call.x.options(), call.format)
                            : at::empty({0}, x.options());
   if (param_grads) {
-    const int n = static_cast<int>(points.size(1) - 1);
-    call.set_grads =
-        at::zeros({points.size(0), param_grad_width(n)}, x.options().dtype(compute_type(x)));
+    const int64_t sets = points.size(0);
+    const at::TensorOptions options = x.options().dtype(compute_type(x));
+    auto make = [&](at::IntArrayRef shape) {
+      return x.numel() == 0 ? at::zeros(shape, options) : at::empty(shape, options);
+    };
+    call.grad_points = make({sets, points.size(1)});
+    call.grad_left_bound = make({sets});
+    call.grad_right_bound = make({sets});
+    call.grad_left_slope = make({sets});
+    call.grad_right_slope = make({sets});
   }
   return call;
 }
@@ -169,23 +183,20 @@ inline PwluBackwardCall prepare_backward(const at::Tensor& grad_output, const at
 using PwluGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                              at::Tensor>;
 
-// (grad_x, grad_points, grad_B_L, grad_B_R, grad_K_L, grad_K_R) from grad_x and the per-set
-// accumulators [Y_0..Y_N, B_L, B_R, K_L, K_R] (undefined when parameter grads were not asked
-// for: those come back as empty tensors of shape (0,)).
-inline PwluGrads pack_grads(const at::Tensor& grad_x, const at::Tensor& set_acc,
-                            const at::Tensor& points) {
-  if (!set_acc.defined()) {
+// (grad_x, grad_points, grad_B_L, grad_B_R, grad_K_L, grad_K_R) in the parameters' dtype; the
+// parameter gradients are empty tensors of shape (0,) when they were not asked for.
+inline PwluGrads pack_grads(const PwluBackwardCall& call, const at::Tensor& points) {
+  if (!call.grad_points.defined()) {
     const at::Tensor none = at::empty({0}, points.options());
-    return {grad_x, none, none, none, none, none};
+    return {call.grad_x, none, none, none, none, none};
   }
-  const int64_t n = points.size(1) - 1;
-  const at::Tensor grads = set_acc.to(points.scalar_type());
-  return {grad_x,
-          grads.narrow(1, 0, n + 1).contiguous(),
-          grads.select(1, n + 1).contiguous(),
-          grads.select(1, n + 2).contiguous(),
-          grads.select(1, n + 3).contiguous(),
-          grads.select(1, n + 4).contiguous()};
+  const auto dtype = points.scalar_type();
+  return {call.grad_x,
+          call.grad_points.to(dtype),
+          call.grad_left_bound.to(dtype),
+          call.grad_right_bound.to(dtype),
+          call.grad_left_slope.to(dtype),
+          call.grad_right_slope.to(dtype)};
 }
 
 }  // namespace ops

@@ -77,6 +77,18 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t entry_base(int j, int num_intervals) {
   return acc_t(base);
 }
 
+// Inner interval idx of the (slope, intercept) table (Sec. 4.3): S = (Y_{idx+1} - Y_idx) / d and
+// O = Y_idx - B_idx * S, with B_idx = B_L + idx * d as in the reference.
+template <typename acc_t, typename param_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE void inner_pair(const param_t* points,
+                                                  const PwluRange<acc_t>& r, int idx,
+                                                  acc_t* slope, acc_t* intercept) {
+  const acc_t y0 = acc_t(points[idx]);
+  const acc_t k = (acc_t(points[idx + 1]) - y0) * r.inv_width;
+  *slope = k;
+  *intercept = y0 - (r.left_bound + acc_t(idx) * r.step) * k;
+}
+
 // Builds entry j of the (slope, intercept) table from the raw parameters (Sec. 4.3).
 // points: Y_0..Y_N of this set.
 template <typename acc_t, typename param_t>
@@ -91,15 +103,66 @@ C10_HOST_DEVICE inline void table_pair(const param_t* points, const PwluRange<ac
     *slope = right_slope;
     *intercept = acc_t(points[n]) - r.right_bound * right_slope;
   } else {
-    const int idx = j - 1;
-    const acc_t y0 = acc_t(points[idx]);
-    const acc_t y1 = acc_t(points[idx + 1]);
-    const acc_t k = (y1 - y0) * r.inv_width;
-    // B_idx = B_L + idx * d, d = (B_R - B_L) / N, as in the reference.
-    const acc_t b = r.left_bound + acc_t(idx) * r.step;
-    *slope = k;
-    *intercept = y0 - b * k;
+    inner_pair(points, r, j - 1, slope, intercept);
   }
+}
+
+// The whole table of a set, entries 0..N+1, as table_pair; the inner loop has no branch, so that
+// host compilers vectorise it.
+template <typename acc_t, typename param_t>
+C10_HOST_DEVICE inline void build_table(const param_t* points, const PwluRange<acc_t>& r,
+                                        acc_t left_slope, acc_t right_slope, acc_t* slopes,
+                                        acc_t* intercepts) {
+  const int n = r.num_intervals;
+  table_pair(points, r, left_slope, right_slope, 0, slopes, intercepts);
+  for (int idx = 0; idx < n; ++idx) {
+    inner_pair(points, r, idx, slopes + idx + 1, intercepts + idx + 1);
+  }
+  table_pair(points, r, left_slope, right_slope, n + 1, slopes + n + 1, intercepts + n + 1);
+}
+
+// Slopes only (S_0..S_{N+1}), as build_table.
+template <typename acc_t, typename param_t>
+C10_HOST_DEVICE inline void build_slopes(const param_t* points, const PwluRange<acc_t>& r,
+                                         acc_t left_slope, acc_t right_slope, acc_t* slopes) {
+  const int n = r.num_intervals;
+  slopes[0] = left_slope;
+  for (int idx = 0; idx < n; ++idx) {
+    slopes[idx + 1] = (acc_t(points[idx + 1]) - acc_t(points[idx])) * r.inv_width;
+  }
+  slopes[n + 1] = right_slope;
+}
+
+// Point form of a piece, for interleaved channels (the CPU's channels-last and 2-D rows), where
+// building a table per channel would cost more than the elements: the same pieces and the same
+// slopes as the table, anchored at a breakpoint instead of at an intercept,
+// y = anchor_y + S_j * (x - anchor_x).
+template <typename acc_t>
+struct PointPiece {
+  acc_t slope;
+  acc_t anchor_x;
+  acc_t anchor_y;
+};
+
+// Piece j of a set with points Y_0..Y_N. left: (B_L, Y_0, K_L); inner idx: (B_idx, Y_idx, S_idx);
+// right: (B_R, Y_N, K_R). Only Y_a and Y_{a+1} with a = clamp(j - 1, 0, N - 1) are read.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE PointPiece<acc_t> point_piece(const acc_t* points, int j,
+                                                                const PwluRange<acc_t>& r,
+                                                                acc_t left_slope,
+                                                                acc_t right_slope) {
+  const int n = r.num_intervals;
+  int a = j - 1;
+  a = a < 0 ? 0 : a;
+  a = a > n - 1 ? n - 1 : a;
+  const acc_t y0 = points[a];
+  const acc_t y1 = points[a + 1];
+  const bool right = j == n + 1;
+  PointPiece<acc_t> p;
+  p.slope = j == 0 ? left_slope : (right ? right_slope : (y1 - y0) * r.inv_width);
+  p.anchor_x = right ? r.right_bound : r.left_bound + acc_t(a) * r.step;
+  p.anchor_y = right ? y1 : y0;
+  return p;
 }
 
 template <typename acc_t>
@@ -139,11 +202,31 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t forward_value_finite(acc_t x, acc_t left
   return x * slopes[j] + intercepts[j];
 }
 
+// The point-form forward of one element (see point_piece), with apply_piece's infinity limit.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t forward_value_points(acc_t x, const acc_t* points,
+                                                             const PwluRange<acc_t>& r,
+                                                             acc_t left_slope,
+                                                             acc_t right_slope) {
+  const int j = table_entry(interval_coordinate(x, r.left_bound, r.inv_width), r.num_intervals);
+  const PointPiece<acc_t> p = point_piece(points, j, r, left_slope, right_slope);
+  const acc_t y = p.anchor_y + p.slope * (x - p.anchor_x);
+  return (p.slope == acc_t(0) && is_infinite(x)) ? p.anchor_y : y;
+}
+
 // Width of the per-set gradient histogram: [A_0 .. A_{N+1}, B_0 .. B_{N+1}].
 C10_HOST_DEVICE inline int histogram_width(int num_intervals) { return 2 * (num_intervals + 2); }
 
-// Number of parameter gradients of a set, laid out as [Y_0 .. Y_N, B_L, B_R, K_L, K_R].
-C10_HOST_DEVICE inline int param_grad_width(int num_intervals) { return num_intervals + 5; }
+// Where the parameter gradients of every set go: dY_0..dY_N of set s at points + s * (N + 1),
+// and one value per set in each of the others.
+template <typename acc_t>
+struct ParamGradOut {
+  acc_t* points;
+  acc_t* left_bound;
+  acc_t* right_bound;
+  acc_t* left_slope;
+  acc_t* right_slope;
+};
 
 // One element: its input gradient g * S_j, and its two histogram adds.
 template <typename acc_t>
@@ -154,38 +237,53 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE void accumulate_element(acc_t* histogram, acc_
   histogram[num_intervals + 2 + j] += g * u;
 }
 
+// The bound gradients' terms of inner interval idx: with sum g (x - B_L) / (B_R - B_L) =
+// (idx A + B) / N, dB_L gets -K (A - (idx A + B) / N) and dB_R gets -K (idx A + B) / N
+// (accumulated here with the sign flipped).
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE void add_bound_terms(const acc_t* a, const acc_t* b,
+                                                       const acc_t* slopes, int idx,
+                                                       acc_t inv_n, acc_t* left, acc_t* right) {
+  const acc_t aj = a[idx + 1];
+  const acc_t rel = (acc_t(idx) * aj + b[idx + 1]) * inv_n;
+  const acc_t k = slopes[idx + 1];
+  *left += k * (aj - rel);
+  *right += k * rel;
+}
+
 // Converts a set's histogram into its parameter gradients (Table 1 of EQUATIONS.md):
 //   left piece  (j = 0):     dY_0 += A, dK_L = B / inv_width (= sum g (x - B_L)), dB_L -= K_L A
 //   right piece (j = N + 1): dY_N += A, dK_R = B / inv_width (= sum g (x - B_R)), dB_R -= K_R A
-//   inner interval idx:      dY_idx += A - B, dY_{idx+1} += B, and with
-//                            sum g (x - B_L) / (B_R - B_L) = (idx A + B) / N:
-//                            dB_L -= K (A - (idx A + B) / N), dB_R -= K (idx A + B) / N.
-// slopes: the set's S_0..S_{N+1} (K_L, K_idx, K_R).
+//   inner interval idx:      dY_idx += A - B, dY_{idx+1} += B, and add_bound_terms.
+// slopes: the set's S_0..S_{N+1} (K_L, K_idx, K_R). Written without chains through memory and
+// with two partial sums per bound: it runs once per set, and an fc layer has 1024 sets.
 template <typename acc_t>
 C10_HOST_DEVICE inline void histogram_to_param_grads(const acc_t* histogram, const acc_t* slopes,
-                                                     const PwluRange<acc_t>& r, acc_t* grads) {
+                                                     const PwluRange<acc_t>& r,
+                                                     const ParamGradOut<acc_t>& out, int64_t set) {
   const int n = r.num_intervals;
+  acc_t* d_points = out.points + set * (n + 1);
   const acc_t* a = histogram;
   const acc_t* b = histogram + n + 2;
-  for (int i = 0; i < param_grad_width(n); ++i) grads[i] = acc_t(0);
-  acc_t d_left_bound = -slopes[0] * a[0];
-  acc_t d_right_bound = -slopes[n + 1] * a[n + 1];
-  grads[0] += a[0];
-  grads[n] += a[n + 1];
-  for (int idx = 0; idx < n; ++idx) {
-    const acc_t aj = a[idx + 1];
-    const acc_t bj = b[idx + 1];
-    const acc_t rel = (acc_t(idx) * aj + bj) / acc_t(n);  // sum g (x - B_L) / (B_R - B_L)
-    const acc_t k = slopes[idx + 1];
-    grads[idx] += aj - bj;
-    grads[idx + 1] += bj;
-    d_left_bound -= k * (aj - rel);
-    d_right_bound -= k * rel;
+  // dY_i: the end of interval i - 1 (the left piece for i = 0) plus the start of interval i
+  // (the right piece for i = N).
+  for (int i = 0; i <= n; ++i) {
+    const acc_t from_left = i > 0 ? b[i] : a[0];
+    const acc_t from_right = i < n ? a[i + 1] - b[i + 1] : a[n + 1];
+    d_points[i] = from_left + from_right;
   }
-  grads[n + 1] = d_left_bound;
-  grads[n + 2] = d_right_bound;
-  grads[n + 3] = b[0] / r.inv_width;
-  grads[n + 4] = b[n + 1] / r.inv_width;
+  const acc_t inv_n = acc_t(1) / acc_t(n);  // a multiply per interval, not a division
+  acc_t left0 = 0, left1 = 0, right0 = 0, right1 = 0;
+  int idx = 0;
+  for (; idx + 1 < n; idx += 2) {
+    add_bound_terms(a, b, slopes, idx, inv_n, &left0, &right0);
+    add_bound_terms(a, b, slopes, idx + 1, inv_n, &left1, &right1);
+  }
+  if (idx < n) add_bound_terms(a, b, slopes, idx, inv_n, &left0, &right0);
+  out.left_bound[set] = -slopes[0] * a[0] - (left0 + left1);
+  out.right_bound[set] = -slopes[n + 1] * a[n + 1] - (right0 + right1);
+  out.left_slope[set] = b[0] / r.inv_width;
+  out.right_slope[set] = b[n + 1] / r.inv_width;
 }
 
 }  // namespace ops

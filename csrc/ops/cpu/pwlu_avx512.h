@@ -1,6 +1,6 @@
-// AVX-512 fast path of the CPU forward and input-gradient loops for runs of one parameter set.
+// AVX-512 fast paths of the CPU loops (forward, input gradient, backward prepass).
 //
-// With N + 2 <= 32 table entries, a whole (slope, intercept) table fits in two 16-float
+// Runs of one parameter set: with N + 2 <= 32 table entries, a whole (slope, intercept) table fits in two 16-float
 // registers and the per-element look-up becomes one two-source permute (vpermt2ps) instead of a
 // gather: 16 elements cost about ten instructions, so the loop runs at memory speed. The
 // arithmetic is that of pwlu_element.h (clamped_coordinate / table_entry / forward_value_finite)
@@ -37,15 +37,30 @@ __attribute__((target("avx512f"))) inline Table load_table(const float* values) 
   return {_mm512_loadu_ps(values), _mm512_loadu_ps(values + 16)};
 }
 
-// Table entry j of 16 elements, as clamped_coordinate + table_entry: t becomes -1 unless
+// Interval coordinate t of 16 elements (interval_coordinate).
+__attribute__((target("avx512f"))) inline __m512 coordinates(__m512 x, __m512 lb, __m512 inv) {
+  return _mm512_mul_ps(_mm512_sub_ps(x, lb), inv);
+}
+
+// Table entry j of 16 coordinates, as clamped_coordinate + table_entry: t becomes -1 unless
 // t >= 0 (negative and NaN t), is capped at N, truncated, plus one.
-__attribute__((target("avx512f"))) inline __m512i entries(__m512 x, __m512 lb, __m512 inv,
-                                                          __m512 n) {
-  __m512 t = _mm512_mul_ps(_mm512_sub_ps(x, lb), inv);
+__attribute__((target("avx512f"))) inline __m512i entries_of(__m512 t, __m512 n) {
   const __mmask16 inside = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GE_OQ);
   t = _mm512_mask_mov_ps(_mm512_set1_ps(-1.f), inside, t);
   t = _mm512_min_ps(t, n);
   return _mm512_add_epi32(_mm512_cvttps_epi32(t), _mm512_set1_epi32(1));
+}
+
+__attribute__((target("avx512f"))) inline __m512i entries(__m512 x, __m512 lb, __m512 inv,
+                                                          __m512 n) {
+  return entries_of(coordinates(x, lb, inv), n);
+}
+
+// entry_base of 16 entries: clamp(j - 1, 0, N), as float.
+__attribute__((target("avx512f"))) inline __m512 entry_bases(__m512i j, __m512i n) {
+  const __m512i base = _mm512_max_epi32(_mm512_sub_epi32(j, _mm512_set1_epi32(1)),
+                                        _mm512_setzero_si512());
+  return _mm512_cvtepi32_ps(_mm512_min_epi32(base, n));
 }
 
 __attribute__((target("avx512f"))) inline __m512 lookup(const Table& table, __m512i j) {
@@ -131,29 +146,129 @@ __attribute__((target("avx512f"))) int64_t input_grad_run(const scalar_t* g, con
   return k;
 }
 
-// Forward of a row of interleaved channels (channel c uses the table at c * stride): each lane
-// has its own table, so the look-ups are gathers. Returns the number of leading channels done.
+// Prepass of a run (see prepass_run_impl in pwlu_kernel.cpp): grad_x = g * S_j, and per
+// element its table entry and histogram addends g and g * (t - base_j). Returns the number of
+// leading elements done.
 template <typename scalar_t>
-__attribute__((target("avx512f"))) int64_t forward_row(const scalar_t* x, scalar_t* y,
-                                                       int64_t channels, const float* lbs,
-                                                       const float* invs, int n, int stride,
-                                                       const float* slopes,
-                                                       const float* intercepts) {
+__attribute__((target("avx512f"))) int64_t prepass_run(const scalar_t* g, const scalar_t* x,
+                                                       scalar_t* gx, int64_t len, float lb,
+                                                       float inv, int n, const float* slopes,
+                                                       int32_t* slot, float* ga, float* gu) {
+  const Table s = load_table(slopes);
+  const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
   const __m512 vn = _mm512_set1_ps(static_cast<float>(n));
+  const __m512i vni = _mm512_set1_epi32(n);
+  int64_t k = 0;
+  for (; k + 16 <= len; k += 16) {
+    const __m512 gv = load(g + k);
+    const __m512 t = coordinates(load(x + k), vlb, vinv);
+    const __m512i j = entries_of(t, vn);
+    store(gx + k, _mm512_mul_ps(gv, lookup(s, j)));
+    _mm512_storeu_si512(slot + k, j);
+    _mm512_storeu_ps(ga + k, gv);
+    _mm512_storeu_ps(gu + k, _mm512_mul_ps(gv, _mm512_sub_ps(t, entry_bases(j, vni))));
+  }
+  return k;
+}
+
+// Interleaved channels (a row of C channels, channel c with its own parameters) use the point
+// form of pwlu_element.h (point_piece): slopes and anchors from the raw parameters, with two
+// gathers of Y per 16 elements and no per-channel table to build. Row: RowView<float>
+// (pwlu_kernel.cpp), the per-channel parameters as arrays.
+// Whether a row of `channels` can index its points with int32 lanes.
+inline bool row_fits(int64_t channels, int n) {
+  return channels * (n + 1) < (int64_t(1) << 31);
+}
+
+struct Pieces16 {
+  __m512 t;       // interval coordinates
+  __m512i j;      // table entries
+  __m512 slope;   // S_j
+  __m512 anchor_x, anchor_y;
+};
+
+// point_piece for channels c .. c + 15 of a row; anchors only when `anchors`.
+template <bool anchors, typename Row>
+__attribute__((target("avx512f"))) inline Pieces16 row_pieces(__m512 x, const Row& p,
+                                                              int64_t c) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i vstride = _mm512_set1_epi32(stride);
+  const __m512 lb = _mm512_loadu_ps(p.left_bound + c);
+  const __m512 inv = _mm512_loadu_ps(p.inv_width + c);
+  Pieces16 r;
+  r.t = coordinates(x, lb, inv);
+  r.j = entries_of(r.t, _mm512_set1_ps(static_cast<float>(p.n)));
+  // a = clamp(j - 1, 0, N - 1): Y_a and Y_{a+1} are the piece's end points (inner), Y_0 (left)
+  // or Y_N (right).
+  const __m512i a = _mm512_max_epi32(
+      _mm512_min_epi32(_mm512_sub_epi32(r.j, _mm512_set1_epi32(1)), _mm512_set1_epi32(p.n - 1)),
+      _mm512_setzero_si512());
+  const __m512i channel = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c)), lane);
+  const __m512i index = _mm512_add_epi32(_mm512_mullo_epi32(channel, _mm512_set1_epi32(p.n + 1)), a);
+  const __m512 y0 = _mm512_i32gather_ps(index, p.points, 4);
+  const __m512 y1 = _mm512_i32gather_ps(_mm512_add_epi32(index, _mm512_set1_epi32(1)), p.points, 4);
+  const __mmask16 left = _mm512_cmpeq_epi32_mask(r.j, _mm512_setzero_si512());
+  const __mmask16 right = _mm512_cmpeq_epi32_mask(r.j, _mm512_set1_epi32(p.n + 1));
+  r.slope = _mm512_mul_ps(_mm512_sub_ps(y1, y0), inv);
+  r.slope = _mm512_mask_mov_ps(r.slope, left, _mm512_loadu_ps(p.left_slope + c));
+  r.slope = _mm512_mask_mov_ps(r.slope, right, _mm512_loadu_ps(p.right_slope + c));
+  if (anchors) {
+    // B_a = B_L + a * d, written as point_piece does (a multiply, then an add).
+    r.anchor_x = _mm512_add_ps(lb, _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_loadu_ps(p.step + c)));
+    r.anchor_x = _mm512_mask_mov_ps(r.anchor_x, right, _mm512_loadu_ps(p.right_bound + c));
+    r.anchor_y = _mm512_mask_mov_ps(y0, right, y1);
+  }
+  return r;
+}
+
+// Forward of a row (forward_value_points). Returns the number of leading channels done.
+template <typename scalar_t, typename Row>
+__attribute__((target("avx512f"))) int64_t forward_row(const scalar_t* x, scalar_t* y,
+                                                       int64_t channels, const Row& p) {
   int64_t c = 0;
   for (; c + 16 <= channels; c += 16) {
     const __m512 xv = load(x + c);
-    const __m512i j = entries(xv, _mm512_loadu_ps(lbs + c), _mm512_loadu_ps(invs + c), vn);
-    const __m512i channel = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c)), lane);
-    const __m512i index = _mm512_add_epi32(_mm512_mullo_epi32(channel, vstride), j);
-    const __m512 slope = _mm512_i32gather_ps(index, slopes, 4);
-    const __m512 intercept = _mm512_i32gather_ps(index, intercepts, 4);
-    const __m512 yv = _mm512_fmadd_ps(xv, slope, intercept);
+    const Pieces16 r = row_pieces<true>(xv, p, c);
+    const __m512 yv = _mm512_add_ps(r.anchor_y, _mm512_mul_ps(r.slope, _mm512_sub_ps(xv, r.anchor_x)));
+    // The limit at x = +-inf for a zero slope: NaN y for a non-NaN x.
     const __mmask16 fix =
         _mm512_cmp_ps_mask(yv, yv, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(xv, xv, _CMP_ORD_Q);
-    store(y + c, _mm512_mask_mov_ps(yv, fix, intercept));
+    store(y + c, _mm512_mask_mov_ps(yv, fix, r.anchor_y));
+  }
+  return c;
+}
+
+// grad_x = g * S_j of a row. Returns the number of leading channels done.
+template <typename scalar_t, typename Row>
+__attribute__((target("avx512f"))) int64_t input_grad_row(const scalar_t* g, const scalar_t* x,
+                                                          scalar_t* gx, int64_t channels,
+                                                          const Row& p) {
+  int64_t c = 0;
+  for (; c + 16 <= channels; c += 16) {
+    const Pieces16 r = row_pieces<false>(load(x + c), p, c);
+    store(gx + c, _mm512_mul_ps(load(g + c), r.slope));
+  }
+  return c;
+}
+
+// Prepass of a row: grad_x, slot = c * W + j (W = histogram_width(N)) and the addends g and
+// g * (t - base_j). Returns the number of leading channels done.
+template <typename scalar_t, typename Row>
+__attribute__((target("avx512f"))) int64_t prepass_row(const scalar_t* g, const scalar_t* x,
+                                                       scalar_t* gx, int64_t channels,
+                                                       const Row& p, int32_t* slot,
+                                                       float* ga, float* gu) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i width = _mm512_set1_epi32(2 * (p.n + 2));
+  const __m512i vni = _mm512_set1_epi32(p.n);
+  int64_t c = 0;
+  for (; c + 16 <= channels; c += 16) {
+    const __m512 gv = load(g + c);
+    const Pieces16 r = row_pieces<false>(load(x + c), p, c);
+    store(gx + c, _mm512_mul_ps(gv, r.slope));
+    const __m512i channel = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c)), lane);
+    _mm512_storeu_si512(slot + c, _mm512_add_epi32(_mm512_mullo_epi32(channel, width), r.j));
+    _mm512_storeu_ps(ga + c, gv);
+    _mm512_storeu_ps(gu + c, _mm512_mul_ps(gv, _mm512_sub_ps(r.t, entry_bases(r.j, vni))));
   }
   return c;
 }

@@ -4,6 +4,8 @@
 // NC*) every run of `inner` elements shares one channel ("plane"); with inner == 1
 // (channels-last, or 2-D input) channels interleave within each row of C elements. Layer-wise
 // parameters are the same for every element, so the tensor is then processed as one flat run.
+// Runs use per-set (slope, intercept) tables; rows use the point form of pwlu_element.h, which
+// needs no per-channel table: building 1024 tables cost more than a (64, 1024) fc input.
 //
 // The element loops are branch-free (pwlu_element.h) and compiled twice, for AVX2 and for the
 // baseline ISA, with the better one picked at load time (GCC target_clones), so that the table
@@ -15,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -36,6 +39,9 @@ constexpr int64_t kGrain = 32768;
 // whole (zero-padded) table with two plain vector loads (pwlu_avx512.h).
 inline int table_stride(int n) { return n + 2 <= 32 ? 32 : n + 2; }
 
+// Sets with at most this many table entries keep per-set scratch on the stack.
+constexpr int kMaxInlineEntries = 64;
+
 // ---------------------------------------------------------------------------- element loops
 // A run of `len` elements of one parameter set. The non-template overloads below are the
 // cloned (per-ISA) entry points; the templates hold the code.
@@ -56,34 +62,46 @@ C10_ALWAYS_INLINE bool forward_run_impl(const scalar_t* __restrict__ x, scalar_t
   return suspect != 0;
 }
 
+// Per-channel parameters of interleaved rows for the point form, structure of arrays.
+template <typename acc_t>
+struct RowView {
+  const acc_t* points;  // (C, N + 1)
+  const acc_t* left_bound;
+  const acc_t* right_bound;
+  const acc_t* inv_width;
+  const acc_t* step;
+  const acc_t* left_slope;
+  const acc_t* right_slope;
+  int n;
+
+  PwluRange<acc_t> range(int64_t c) const {
+    return {left_bound[c], right_bound[c], inv_width[c], step[c], n};
+  }
+  // The same view from channel c on.
+  RowView from(int64_t c) const {
+    return {points + c * (n + 1), left_bound + c, right_bound + c, inv_width + c,
+            step + c,             left_slope + c, right_slope + c, n};
+  }
+};
+
 // A row of C interleaved channels, channel c using set c.
 template <typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE bool forward_row_impl(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                                        int64_t channels, const acc_t* __restrict__ lbs,
-                                        const acc_t* __restrict__ invs, int n,
-                                        const acc_t* __restrict__ slopes,
-                                        const acc_t* __restrict__ intercepts) {
-  const int entries = table_stride(n);
-  int suspect = 0;
+C10_ALWAYS_INLINE void forward_row_impl(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                        int64_t channels, const RowView<acc_t>& p) {
   for (int64_t c = 0; c < channels; ++c) {
-    const acc_t v = forward_value_finite(static_cast<acc_t>(x[c]), lbs[c], invs[c], n,
-                                         slopes + c * entries, intercepts + c * entries);
-    suspect |= (v != v);
-    y[c] = from_acc<scalar_t, acc_t>(v);
+    y[c] = from_acc<scalar_t, acc_t>(forward_value_points(
+        static_cast<acc_t>(x[c]), p.points + c * (p.n + 1), p.range(c), p.left_slope[c],
+        p.right_slope[c]));
   }
-  return suspect != 0;
 }
 
 // Rare path: NaN outputs of forward_value_finite are recomputed exactly.
 template <typename scalar_t, typename acc_t>
-void fix_infinities(const scalar_t* x, scalar_t* y, int64_t len, int64_t set_stride,
-                    const acc_t* lbs, const acc_t* invs, int n, const acc_t* slopes,
-                    const acc_t* intercepts) {
-  const int entries = table_stride(n);
+void fix_infinities(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb, acc_t inv, int n,
+                    const acc_t* slopes, const acc_t* intercepts) {
   for (int64_t k = 0; k < len; ++k) {
-    const int64_t s = set_stride ? k % set_stride : 0;
-    y[k] = from_acc<scalar_t, acc_t>(forward_value(static_cast<acc_t>(x[k]), lbs[s], invs[s], n,
-                                               slopes + s * entries, intercepts + s * entries));
+    y[k] = from_acc<scalar_t, acc_t>(
+        forward_value(static_cast<acc_t>(x[k]), lb, inv, n, slopes, intercepts));
   }
 }
 
@@ -103,13 +121,14 @@ template <typename scalar_t, typename acc_t>
 C10_ALWAYS_INLINE void input_grad_row_impl(const scalar_t* __restrict__ g,
                                            const scalar_t* __restrict__ x,
                                            scalar_t* __restrict__ gx, int64_t channels,
-                                           const acc_t* __restrict__ lbs,
-                                           const acc_t* __restrict__ invs, int n,
-                                           const acc_t* __restrict__ slopes) {
-  const int entries = table_stride(n);
+                                           const RowView<acc_t>& p) {
   for (int64_t c = 0; c < channels; ++c) {
-    const int j = table_entry(interval_coordinate(static_cast<acc_t>(x[c]), lbs[c], invs[c]), n);
-    gx[c] = from_acc<scalar_t, acc_t>(static_cast<acc_t>(g[c]) * slopes[c * entries + j]);
+    const PwluRange<acc_t> r = p.range(c);
+    const int j = table_entry(
+        interval_coordinate(static_cast<acc_t>(x[c]), r.left_bound, r.inv_width), p.n);
+    const acc_t slope =
+        point_piece(p.points + c * (p.n + 1), j, r, p.left_slope[c], p.right_slope[c]).slope;
+    gx[c] = from_acc<scalar_t, acc_t>(static_cast<acc_t>(g[c]) * slope);
   }
 }
 
@@ -118,10 +137,9 @@ C10_ALWAYS_INLINE void input_grad_row_impl(const scalar_t* __restrict__ g,
                                    acc_t inv, int n, const acc_t* s, const acc_t* o) {          \
     return forward_run_impl<scalar_t, acc_t>(x, y, len, lb, inv, n, s, o);                      \
   }                                                                                             \
-  PWLU_CPU_CLONES bool forward_row(const scalar_t* x, scalar_t* y, int64_t channels,           \
-                                   const acc_t* lbs, const acc_t* invs, int n, const acc_t* s,  \
-                                   const acc_t* o) {                                            \
-    return forward_row_impl<scalar_t, acc_t>(x, y, channels, lbs, invs, n, s, o);               \
+  PWLU_CPU_CLONES void forward_row(const scalar_t* x, scalar_t* y, int64_t channels,           \
+                                   const RowView<acc_t>& p) {                                   \
+    forward_row_impl<scalar_t, acc_t>(x, y, channels, p);                                       \
   }                                                                                             \
   PWLU_CPU_CLONES void input_grad_run(const scalar_t* g, const scalar_t* x, scalar_t* gx,      \
                                       int64_t len, acc_t lb, acc_t inv, int n,                  \
@@ -129,9 +147,8 @@ C10_ALWAYS_INLINE void input_grad_row_impl(const scalar_t* __restrict__ g,
     input_grad_run_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s);                         \
   }                                                                                             \
   PWLU_CPU_CLONES void input_grad_row(const scalar_t* g, const scalar_t* x, scalar_t* gx,      \
-                                      int64_t channels, const acc_t* lbs, const acc_t* invs,    \
-                                      int n, const acc_t* s) {                                  \
-    input_grad_row_impl<scalar_t, acc_t>(g, x, gx, channels, lbs, invs, n, s);                  \
+                                      int64_t channels, const RowView<acc_t>& p) {              \
+    input_grad_row_impl<scalar_t, acc_t>(g, x, gx, channels, p);                                \
   }
 
 PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_LOOPS)
@@ -160,22 +177,17 @@ bool forward_run_fast(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb, acc
 }
 
 template <typename scalar_t, typename acc_t>
-bool forward_row_fast(const scalar_t* x, scalar_t* y, int64_t channels, const acc_t* lbs,
-                      const acc_t* invs, int n, const acc_t* s, const acc_t* o) {
+void forward_row_fast(const scalar_t* x, scalar_t* y, int64_t channels,
+                      const RowView<acc_t>& p) {
   int64_t done = 0;
 #ifdef PWLU_HAVE_AVX512_PATH
   if constexpr (kHasAvx512Path<scalar_t>) {
-    // The table index c * stride + j must fit an int32 lane.
-    if (avx512::available() && channels * table_stride(n) < (int64_t(1) << 31)) {
-      done = avx512::forward_row(x, y, channels, lbs, invs, n, table_stride(n), s, o);
+    if (avx512::available() && avx512::row_fits(channels, p.n)) {
+      done = avx512::forward_row(x, y, channels, p);
     }
   }
 #endif
-  if (done == channels) return false;
-  // The generic loop indexes its tables from the first channel it is given.
-  const int stride = table_stride(n);
-  return forward_row(x + done, y + done, channels - done, lbs + done, invs + done, n,
-                     s + done * stride, o + done * stride);
+  if (done < channels) forward_row(x + done, y + done, channels - done, p.from(done));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -193,6 +205,22 @@ void input_grad_run_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int
   }
 #endif
   input_grad_run(g, x, gx, len, lb, inv, n, s);
+}
+
+template <typename scalar_t, typename acc_t>
+void input_grad_row_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t channels,
+                         const RowView<acc_t>& p) {
+  int64_t done = 0;
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (kHasAvx512Path<scalar_t>) {
+    if (avx512::available() && avx512::row_fits(channels, p.n)) {
+      done = avx512::input_grad_row(g, x, gx, channels, p);
+    }
+  }
+#endif
+  if (done < channels) {
+    input_grad_row(g + done, x + done, gx + done, channels - done, p.from(done));
+  }
 }
 
 // ------------------------------------------------------------------- parameter gradients
@@ -228,24 +256,26 @@ C10_ALWAYS_INLINE void prepass_run_impl(const scalar_t* __restrict__ g,
   }
 }
 
-// Prepass of a row of C interleaved channels: slot = c * W + j (W = histogram_width(N)).
+// Prepass of channels [first, first + channels) of a row (p viewed from `first`):
+// slot = c * W + j (W = histogram_width(N)), the point form's slope for grad_x.
 template <typename scalar_t, typename acc_t>
 C10_ALWAYS_INLINE void prepass_row_impl(const scalar_t* __restrict__ g,
                                         const scalar_t* __restrict__ x,
                                         scalar_t* __restrict__ gx, int64_t channels,
-                                        const acc_t* __restrict__ lbs,
-                                        const acc_t* __restrict__ invs, int n,
-                                        const acc_t* __restrict__ slopes,
+                                        int64_t first, const RowView<acc_t>& p,
                                         int32_t* __restrict__ slot, acc_t* __restrict__ ga,
                                         acc_t* __restrict__ gu) {
-  const int entries = table_stride(n);
+  const int n = p.n;
   const int width = histogram_width(n);
   for (int64_t c = 0; c < channels; ++c) {
     const acc_t gv = static_cast<acc_t>(g[c]);
-    const acc_t t = interval_coordinate(static_cast<acc_t>(x[c]), lbs[c], invs[c]);
+    const PwluRange<acc_t> r = p.range(c);
+    const acc_t t = interval_coordinate(static_cast<acc_t>(x[c]), r.left_bound, r.inv_width);
     const int j = table_entry(t, n);
-    gx[c] = from_acc<scalar_t, acc_t>(gv * slopes[c * entries + j]);
-    slot[c] = static_cast<int32_t>(c) * width + j;
+    const acc_t slope =
+        point_piece(p.points + c * (n + 1), j, r, p.left_slope[c], p.right_slope[c]).slope;
+    gx[c] = from_acc<scalar_t, acc_t>(gv * slope);
+    slot[c] = static_cast<int32_t>(first + c) * width + j;
     ga[c] = gv;
     gu[c] = gv * (t - entry_base<acc_t>(j, n));
   }
@@ -258,14 +288,48 @@ C10_ALWAYS_INLINE void prepass_row_impl(const scalar_t* __restrict__ g,
     prepass_run_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s, slot, ga, gu);             \
   }                                                                                            \
   PWLU_CPU_CLONES void prepass_row(const scalar_t* g, const scalar_t* x, scalar_t* gx,        \
-                                   int64_t channels, const acc_t* lbs, const acc_t* invs,      \
-                                   int n, const acc_t* s, int32_t* slot, acc_t* ga,            \
-                                   acc_t* gu) {                                                \
-    prepass_row_impl<scalar_t, acc_t>(g, x, gx, channels, lbs, invs, n, s, slot, ga, gu);      \
+                                   int64_t channels, int64_t first, const RowView<acc_t>& p,   \
+                                   int32_t* slot, acc_t* ga, acc_t* gu) {                      \
+    prepass_row_impl<scalar_t, acc_t>(g, x, gx, channels, first, p, slot, ga, gu);             \
   }
 
 PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_PREPASS)
 #undef PWLU_DEFINE_CLONED_PREPASS
+
+template <typename scalar_t, typename acc_t>
+void prepass_run_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t len, acc_t lb,
+                      acc_t inv, int n, const acc_t* s, int32_t* slot, acc_t* ga, acc_t* gu) {
+  int64_t done = 0;
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (kHasAvx512Path<scalar_t>) {
+    if (avx512::available() && avx512::fits(n)) {
+      done = avx512::prepass_run(g, x, gx, len, lb, inv, n, s, slot, ga, gu);
+    }
+  }
+#endif
+  if (done < len) {
+    prepass_run(g + done, x + done, gx + done, len - done, lb, inv, n, s, slot + done,
+                ga + done, gu + done);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void prepass_row_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t channels,
+                      const RowView<acc_t>& p, int32_t* slot, acc_t* ga, acc_t* gu) {
+  int64_t done = 0;
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (kHasAvx512Path<scalar_t>) {
+    if (avx512::available() && avx512::row_fits(channels, p.n) &&
+        channels * histogram_width(p.n) < (int64_t(1) << 31)) {
+      done = avx512::prepass_row(g, x, gx, channels, p, slot, ga, gu);
+    }
+  }
+#endif
+  if (done < channels) {
+    prepass_row(g + done, x + done, gx + done, channels - done, done, p.from(done), slot + done,
+                ga + done, gu + done);
+  }
+}
 
 // The scatter-adds of a prepassed piece: A[slot] += g, B[slot] += g * u (B at offset N + 2).
 // Neighbouring elements of one set mostly share a slot, so a single histogram would chain every
@@ -318,9 +382,9 @@ void param_grad_run(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t 
   std::vector<acc_t>& piece_hist = scratch.piece_hist;
   for (int64_t start = 0; start < len; start += kPiece) {
     const int64_t m = std::min(kPiece, len - start);
-    prepass_run(g + start, x + start, gx ? gx + start : scratch.gx.data(), m, lb, inv, n,
-                slopes, scratch.piece.slot.data(), scratch.piece.g.data(),
-                scratch.piece.gu.data());
+    prepass_run_fast(g + start, x + start, gx ? gx + start : scratch.gx.data(), m, lb, inv, n,
+                     slopes, scratch.piece.slot.data(), scratch.piece.g.data(),
+                     scratch.piece.gu.data());
     std::fill(piece_hist.begin(), piece_hist.end(), acc_t(0));
     scatter_piece(scratch.piece, m, n, /*copies=*/m >= 64 ? 4 : 1, width, piece_hist.data(),
                   scratch.copies);
@@ -329,44 +393,67 @@ void param_grad_run(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t 
 }
 
 // ---------------------------------------------------------------------------------- tables
-// Per-set geometry (structure of arrays, for the row loops) and (slope, intercept) tables.
+// Per-set geometry and (slope, intercept) tables of the run paths, built once per call.
 template <typename acc_t>
 struct CpuTables {
   std::vector<PwluRange<acc_t>> ranges;
-  std::vector<acc_t> lbs, invs, slopes, intercepts;
+  std::unique_ptr<acc_t[]> slopes, intercepts;  // table_stride(N) entries per set
   int n;
-  int entries;  // table_stride(N): N + 2 entries, zero-padded
+  int entries;
 
   explicit CpuTables(const PwluParams& p)
-      : n(static_cast<int>(p.num_intervals)), entries(table_stride(n)) {
+      : ranges(p.num_sets),
+        n(static_cast<int>(p.num_intervals)),
+        entries(table_stride(n)) {
     const acc_t* points = p.points.data_ptr<acc_t>();
     const acc_t* lb = p.left_bound.data_ptr<acc_t>();
     const acc_t* rb = p.right_bound.data_ptr<acc_t>();
     const acc_t* ls = p.left_slope.data_ptr<acc_t>();
     const acc_t* rs = p.right_slope.data_ptr<acc_t>();
-    ranges.resize(p.num_sets);
-    lbs.resize(p.num_sets);
-    invs.resize(p.num_sets);
-    slopes.assign(p.num_sets * entries, acc_t(0));
-    intercepts.assign(p.num_sets * entries, acc_t(0));
-    // Wide layers (an fc of 1024 channels) have as many table entries as a small input has
-    // elements: build them in parallel too.
-    at::parallel_for(0, p.num_sets, 64, [&](int64_t begin, int64_t end) {
+    slopes.reset(new acc_t[p.num_sets * entries]);
+    intercepts.reset(new acc_t[p.num_sets * entries]);
+    at::parallel_for(0, p.num_sets, 256, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         ranges[s] = make_range<acc_t>(lb[s], rb[s], n);
-        lbs[s] = ranges[s].left_bound;
-        invs[s] = ranges[s].inv_width;
-        for (int j = 0; j < n + 2; ++j) {
-          table_pair<acc_t, acc_t>(points + s * (n + 1), ranges[s], ls[s], rs[s], j,
-                                   &slopes[s * entries + j], &intercepts[s * entries + j]);
-        }
+        acc_t* so = slopes.get() + s * entries;
+        acc_t* io = intercepts.get() + s * entries;
+        build_table(points + s * (n + 1), ranges[s], ls[s], rs[s], so, io);
+        // The AVX-512 path loads all `entries`: the padding must hold numbers.
+        std::fill(so + n + 2, so + entries, acc_t(0));
+        std::fill(io + n + 2, io + entries, acc_t(0));
       }
     });
   }
   bool shared() const { return ranges.size() == 1; }
-  const acc_t* slopes_of(int64_t s) const { return slopes.data() + s * entries; }
-  const acc_t* intercepts_of(int64_t s) const { return intercepts.data() + s * entries; }
+  const acc_t* slopes_of(int64_t s) const { return slopes.get() + s * entries; }
+  const acc_t* intercepts_of(int64_t s) const { return intercepts.get() + s * entries; }
 };
+
+// The row paths' per-channel parameters (point form): the raw parameters plus N / (B_R - B_L)
+// and d per channel, which is all that is computed per call.
+template <typename acc_t>
+struct CpuRows {
+  std::vector<acc_t> inv_width, step;
+  RowView<acc_t> view;
+
+  explicit CpuRows(const PwluParams& p) : inv_width(p.num_sets), step(p.num_sets) {
+    const int n = static_cast<int>(p.num_intervals);
+    const acc_t* lb = p.left_bound.data_ptr<acc_t>();
+    const acc_t* rb = p.right_bound.data_ptr<acc_t>();
+    for (int64_t s = 0; s < p.num_sets; ++s) {
+      const PwluRange<acc_t> r = make_range<acc_t>(lb[s], rb[s], n);
+      inv_width[s] = r.inv_width;
+      step[s] = r.step;
+    }
+    view = {p.points.data_ptr<acc_t>(), lb, rb, inv_width.data(), step.data(),
+            p.left_slope.data_ptr<acc_t>(), p.right_slope.data_ptr<acc_t>(), n};
+  }
+};
+
+// Whether x is processed as runs of one set (tables) rather than interleaved rows (point form).
+inline bool uses_runs(const PwluLayout& layout, const PwluParams& p) {
+  return p.num_sets == 1 || layout.inner > 1;
+}
 
 // ----------------------------------------------------------------------------------- forward
 // Calls fn(base, len, set) over x cut into runs of one parameter set (the whole tensor
@@ -399,24 +486,22 @@ void parallel_rows(const PwluLayout& layout, const Fn& fn) {
 
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
-                    const CpuTables<acc_t>& tab) {
-  if (tab.shared() || layout.inner > 1) {
+                    const PwluParams& params) {
+  if (uses_runs(layout, params)) {
+    const CpuTables<acc_t> tab(params);
     parallel_runs(layout, tab.shared(), [&](int64_t base, int64_t len, int64_t s) {
-      if (forward_run_fast(x + base, y + base, len, tab.lbs[s], tab.invs[s], tab.n,
-                           tab.slopes_of(s), tab.intercepts_of(s))) {
-        fix_infinities(x + base, y + base, len, 0, &tab.lbs[s], &tab.invs[s], tab.n,
-                       tab.slopes_of(s), tab.intercepts_of(s));
+      const acc_t lb = tab.ranges[s].left_bound, inv = tab.ranges[s].inv_width;
+      if (forward_run_fast(x + base, y + base, len, lb, inv, tab.n, tab.slopes_of(s),
+                           tab.intercepts_of(s))) {
+        fix_infinities(x + base, y + base, len, lb, inv, tab.n, tab.slopes_of(s),
+                       tab.intercepts_of(s));
       }
     });
     return;
   }
-  const int64_t channels = layout.channels;
+  const CpuRows<acc_t> rows(params);
   parallel_rows(layout, [&](int64_t base) {
-    if (forward_row_fast(x + base, y + base, channels, tab.lbs.data(), tab.invs.data(), tab.n,
-                         tab.slopes.data(), tab.intercepts.data())) {
-      fix_infinities(x + base, y + base, channels, channels, tab.lbs.data(), tab.invs.data(),
-                     tab.n, tab.slopes.data(), tab.intercepts.data());
-    }
+    forward_row_fast(x + base, y + base, layout.channels, rows.view);
   });
 }
 
@@ -424,88 +509,145 @@ void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
 // grad_x only (frozen parameters): as the forward, with g * S_j.
 template <typename scalar_t, typename acc_t>
 void input_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
-                       const PwluLayout& layout, const CpuTables<acc_t>& tab) {
-  if (tab.shared() || layout.inner > 1) {
+                       const PwluLayout& layout, const PwluParams& params) {
+  if (uses_runs(layout, params)) {
+    const CpuTables<acc_t> tab(params);
     parallel_runs(layout, tab.shared(), [&](int64_t base, int64_t len, int64_t s) {
-      input_grad_run_fast(g + base, x + base, gx + base, len, tab.lbs[s], tab.invs[s], tab.n,
-                          tab.slopes_of(s));
+      input_grad_run_fast(g + base, x + base, gx + base, len, tab.ranges[s].left_bound,
+                          tab.ranges[s].inv_width, tab.n, tab.slopes_of(s));
     });
     return;
   }
+  const CpuRows<acc_t> rows(params);
   parallel_rows(layout, [&](int64_t base) {
-    input_grad_row(g + base, x + base, gx + base, layout.channels, tab.lbs.data(),
-                   tab.invs.data(), tab.n, tab.slopes.data());
+    input_grad_row_fast(g + base, x + base, gx + base, layout.channels, rows.view);
   });
 }
 
-// grad_x (gx may be null) and the per-set histograms, histograms[s * W .. s * W + W),
-// W = histogram_width(N). The work is cut into blocks that depend on the shape only; each block
-// fills its own histograms and blocks are added in block order.
+// Work blocks of the flat (layer-wise) and row paths: a count that depends on the shape only,
+// so that the block order of the sums, and the result, never depend on the thread count.
+inline int64_t num_blocks(int64_t numel, int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>({numel / 65536, 64, rows}));
+}
+
+// Adds block histograms (num_blocks x span) into out in block order.
+template <typename acc_t>
+void add_blocks(const std::vector<acc_t>& blocks, int64_t count, int64_t span, acc_t* out) {
+  for (int64_t b = 0; b < count; ++b) {
+    const acc_t* hist = blocks.data() + b * span;
+    for (int64_t k = 0; k < span; ++k) out[k] += hist[k];
+  }
+}
+
+// Runs: grad_x (gx may be null) and the per-set histograms, histograms[s * W .. s * W + W),
+// W = histogram_width(N); their parameter gradients into out.
 template <typename scalar_t, typename acc_t>
-void param_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
-                       const PwluLayout& layout, const CpuTables<acc_t>& tab,
-                       acc_t* histograms) {
+void param_grad_runs(const scalar_t* g, const scalar_t* x, scalar_t* gx,
+                     const PwluLayout& layout, const CpuTables<acc_t>& tab,
+                     const ParamGradOut<acc_t>& out) {
   const int n = tab.n;
   const int width = histogram_width(n);
-  const int64_t sets = static_cast<int64_t>(tab.ranges.size());
   const int64_t channels = layout.channels;
-
-  if (!tab.shared() && layout.inner > 1) {
+  if (!tab.shared()) {
     // One task per channel; within it, plane histograms are added in plane order.
     at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> plane(width);
+      std::vector<acc_t> plane(width), hist(width);
       RunScratch<scalar_t, acc_t> scratch(std::min(kPiece, layout.inner), n);
       for (int64_t c = begin; c < end; ++c) {
-        acc_t* hist = histograms + c * width;
+        std::fill(hist.begin(), hist.end(), acc_t(0));
         for (int64_t o = 0; o < layout.outer; ++o) {
           const int64_t base = (o * channels + c) * layout.inner;
           std::fill(plane.begin(), plane.end(), acc_t(0));
           param_grad_run(g + base, x + base, gx ? gx + base : nullptr, layout.inner,
-                         tab.lbs[c], tab.invs[c], n, tab.slopes_of(c), plane.data(), scratch);
+                         tab.ranges[c].left_bound, tab.ranges[c].inv_width, n,
+                         tab.slopes_of(c), plane.data(), scratch);
           for (int w = 0; w < width; ++w) hist[w] += plane[w];
         }
+        histogram_to_param_grads(hist.data(), tab.slopes_of(c), tab.ranges[c], out, c);
       }
     });
     return;
   }
-
-  // Layer-wise (one flat run) or interleaved channels (rows of C).
-  const int64_t row = tab.shared() ? 1 : channels;
-  const int64_t rows = layout.numel() / row;
-  const int64_t num_blocks = std::max<int64_t>(
-      1, std::min<int64_t>({layout.numel() / 65536, 64, rows}));
-  const int64_t rows_per_block = (rows + num_blocks - 1) / num_blocks;
-  std::vector<acc_t> block_hist(num_blocks * sets * width, acc_t(0));
-  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+  // Layer-wise: one flat run cut into blocks.
+  const int64_t numel = layout.numel();
+  const int64_t blocks = num_blocks(numel, numel);
+  const int64_t per_block = (numel + blocks - 1) / blocks;
+  std::vector<acc_t> block_hist(blocks * width, acc_t(0));
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      acc_t* hist = block_hist.data() + b * sets * width;
-      const int64_t first = b * rows_per_block;
-      const int64_t last = std::min(rows, first + rows_per_block);
+      const int64_t first = b * per_block;
+      const int64_t last = std::min(numel, first + per_block);
       if (first >= last) continue;
-      if (tab.shared()) {
-        RunScratch<scalar_t, acc_t> scratch(std::min(kPiece, last - first), n);
-        param_grad_run(g + first, x + first, gx ? gx + first : nullptr, last - first,
-                       tab.lbs[0], tab.invs[0], n, tab.slopes_of(0), hist, scratch);
-        continue;
-      }
-      // Interleaved channels: prepass a row, scatter into its channels' histograms (adjacent
-      // elements are different channels, so there are no chains to break).
-      PieceScratch<acc_t> scratch(channels);
-      std::vector<scalar_t> gx_scratch(gx ? 0 : channels);
-      std::vector<acc_t> unused;
-      for (int64_t r = first; r < last; ++r) {
-        const int64_t base = r * channels;
-        prepass_row(g + base, x + base, gx ? gx + base : gx_scratch.data(), channels,
-                    tab.lbs.data(), tab.invs.data(), n, tab.slopes.data(), scratch.slot.data(),
-                    scratch.g.data(), scratch.gu.data());
-        scatter_piece(scratch, channels, n, 1, sets * width, hist, unused);
-      }
+      RunScratch<scalar_t, acc_t> scratch(std::min(kPiece, last - first), n);
+      param_grad_run(g + first, x + first, gx ? gx + first : nullptr, last - first,
+                     tab.ranges[0].left_bound, tab.ranges[0].inv_width, n, tab.slopes_of(0),
+                     block_hist.data() + b * width, scratch);
     }
   });
-  for (int64_t b = 0; b < num_blocks; ++b) {
-    const acc_t* hist = block_hist.data() + b * sets * width;
-    for (int64_t k = 0; k < sets * width; ++k) histograms[k] += hist[k];
-  }
+  std::vector<acc_t> hist(width, acc_t(0));
+  add_blocks(block_hist, blocks, width, hist.data());
+  histogram_to_param_grads(hist.data(), tab.slopes_of(0), tab.ranges[0], out, 0);
+}
+
+// Interleaved rows: as param_grad_runs, with the point form. Tasks own groups of kRowGroup
+// channels (a whole number of cache lines of a float row) over a block of rows, so that the
+// histograms need no per-thread copies; blocks of rows (a count that depends on the shape only)
+// are added in block order. Adjacent elements are different channels: the scatter has no chains
+// to break.
+constexpr int64_t kRowGroup = 64;
+
+template <typename scalar_t, typename acc_t>
+void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
+                     const PwluLayout& layout, const CpuRows<acc_t>& rows,
+                     const ParamGradOut<acc_t>& out) {
+  const RowView<acc_t>& p = rows.view;
+  const int n = p.n;
+  const int width = histogram_width(n);
+  const int64_t channels = layout.channels;
+  const int64_t span = channels * width;
+  const int64_t groups = (channels + kRowGroup - 1) / kRowGroup;
+  const int64_t blocks =
+      std::max<int64_t>(1, std::min<int64_t>({layout.numel() >> 19, 32, layout.outer}));
+  const int64_t rows_per_block = (layout.outer + blocks - 1) / blocks;
+  std::vector<acc_t> block_hist(blocks * span, acc_t(0));
+
+  auto convert = [&](const acc_t* hist, int64_t first, int64_t last) {
+    acc_t slopes[kMaxInlineEntries];
+    std::vector<acc_t> heap(n + 2 > kMaxInlineEntries ? n + 2 : 0);
+    acc_t* s = heap.empty() ? slopes : heap.data();
+    for (int64_t c = first; c < last; ++c) {
+      const PwluRange<acc_t> r = p.range(c);
+      build_slopes(p.points + c * (n + 1), r, p.left_slope[c], p.right_slope[c], s);
+      histogram_to_param_grads(hist + c * width, s, r, out, c);
+    }
+  };
+
+  at::parallel_for(0, blocks * groups, 1, [&](int64_t begin, int64_t end) {
+    PieceScratch<acc_t> scratch(kRowGroup);
+    std::vector<scalar_t> gx_scratch(gx ? 0 : kRowGroup);
+    std::vector<acc_t> unused;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / groups;
+      const int64_t c0 = (task % groups) * kRowGroup;
+      const int64_t count = std::min(kRowGroup, channels - c0);
+      const RowView<acc_t> group = p.from(c0);
+      acc_t* hist = block_hist.data() + b * span + c0 * width;
+      const int64_t last = std::min(layout.outer, (b + 1) * rows_per_block);
+      for (int64_t r = b * rows_per_block; r < last; ++r) {
+        const int64_t base = r * channels + c0;
+        prepass_row_fast(g + base, x + base, gx ? gx + base : gx_scratch.data(), count, group,
+                         scratch.slot.data(), scratch.g.data(), scratch.gu.data());
+        scatter_piece(scratch, count, n, 1, count * width, hist, unused);
+      }
+      // With one block of rows the group's sums are complete.
+      if (blocks == 1) convert(block_hist.data(), c0, c0 + count);
+    }
+  });
+  if (blocks == 1) return;
+  std::vector<acc_t> sum(span, acc_t(0));
+  add_blocks(block_hist, blocks, span, sum.data());
+  at::parallel_for(0, channels, kRowGroup,
+                   [&](int64_t begin, int64_t end) { convert(sum.data(), begin, end); });
 }
 
 at::Tensor pwlu_forward_cpu(const at::Tensor& x, const at::Tensor& points,
@@ -517,10 +659,9 @@ at::Tensor pwlu_forward_cpu(const at::Tensor& x, const at::Tensor& points,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_forward_cpu",
                                   [&] {
                                     using acc_t = at::opmath_type<scalar_t>;
-                                    const CpuTables<acc_t> tables(call.params);
                                     forward_kernel<scalar_t, acc_t>(
                                         call.x.const_data_ptr<scalar_t>(),
-                                        y.data_ptr<scalar_t>(), call.layout, tables);
+                                        y.data_ptr<scalar_t>(), call.layout, call.params);
                                   });
   return y;
 }
@@ -532,33 +673,29 @@ PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
   const PwluBackwardCall call = prepare_backward(grad_output, x, points, left_bound, right_bound,
                                                  left_slope, right_slope, input_grad,
                                                  param_grads);
-  const int n = static_cast<int>(points.size(1) - 1);
-  const int64_t sets = points.size(0);
   if (x.numel() > 0 && (input_grad || param_grads)) {
     const PwluLayout& layout = call.layout;
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_backward_cpu", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          const CpuTables<acc_t> tables(call.params);
           const scalar_t* gp = call.grad_output.const_data_ptr<scalar_t>();
           const scalar_t* xp = call.x.const_data_ptr<scalar_t>();
           scalar_t* gxp = input_grad ? call.grad_x.data_ptr<scalar_t>() : nullptr;
           if (!param_grads) {
-            input_grad_kernel<scalar_t, acc_t>(gp, xp, gxp, layout, tables);
+            input_grad_kernel<scalar_t, acc_t>(gp, xp, gxp, layout, call.params);
             return;
           }
-          const int width = histogram_width(n);
-          // Channel-wise: one histogram per channel; layer-wise: one for the whole tensor.
-          std::vector<acc_t> histograms(sets * width, acc_t(0));
-          param_grad_kernel<scalar_t, acc_t>(gp, xp, gxp, layout, tables, histograms.data());
-          acc_t* out = call.set_grads.data_ptr<acc_t>();
-          for (int64_t s = 0; s < sets; ++s) {
-            histogram_to_param_grads(histograms.data() + s * width, tables.slopes_of(s),
-                                     tables.ranges[s], out + s * param_grad_width(n));
+          const ParamGradOut<acc_t> out = call.param_grad_out<acc_t>();
+          if (uses_runs(layout, call.params)) {
+            param_grad_runs<scalar_t, acc_t>(gp, xp, gxp, layout, CpuTables<acc_t>(call.params),
+                                             out);
+          } else {
+            param_grad_rows<scalar_t, acc_t>(gp, xp, gxp, layout, CpuRows<acc_t>(call.params),
+                                             out);
           }
         });
   }
-  return pack_grads(call.grad_x, call.set_grads, points);
+  return pack_grads(call, points);
 }
 
 }  // namespace

@@ -203,7 +203,7 @@ __global__ void histogram_partial_kernel(const scalar_t* __restrict__ grad_out,
 template <typename acc_t>
 __global__ void param_grad_final_kernel(const acc_t* __restrict__ partial, int64_t channels,
                                         int64_t blocks, DeviceTables<acc_t> tab,
-                                        acc_t* __restrict__ grads) {
+                                        ParamGradOut<acc_t> grads) {
   extern __shared__ unsigned char smem_raw[];
   acc_t* histogram = reinterpret_cast<acc_t*>(smem_raw);
   const int n = tab.num_intervals;
@@ -220,8 +220,7 @@ __global__ void param_grad_final_kernel(const acc_t* __restrict__ partial, int64
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    histogram_to_param_grads(histogram, tab.slopes + s * (n + 2), tab.ranges[s],
-                             grads + s * param_grad_width(n));
+    histogram_to_param_grads(histogram, tab.slopes + s * (n + 2), tab.ranges[s], grads, s);
   }
 }
 
@@ -316,11 +315,11 @@ PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
           param_grad_final_kernel<acc_t>
               <<<static_cast<unsigned>(num_sets), 32, width * sizeof(acc_t), stream>>>(
                   partial.data_ptr<acc_t>(), layout.channels, blocks, tables.view,
-                  call.set_grads.data_ptr<acc_t>());
+                  call.param_grad_out<acc_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   }
-  return pack_grads(call.grad_x, call.set_grads, points);
+  return pack_grads(call, points);
 }
 
 }  // namespace
