@@ -223,6 +223,35 @@ void input_grad_row_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int
   }
 }
 
+// Whether 16 x 16 tiles of interleaved rows can take the AVX-512 tile path.
+template <typename scalar_t>
+bool tiles_available(int n) {
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (kHasAvx512Path<scalar_t>) return avx512::available() && avx512::tile_fits(n);
+#endif
+  return false;
+}
+
+// Forward of `count` rows of C channels (row stride C): a block of 16 rows goes through the
+// tile path, the channels it leaves (C mod 16) and shorter blocks through the row path.
+template <typename scalar_t, typename acc_t>
+void forward_rows(const scalar_t* x, scalar_t* y, int64_t count, int64_t channels,
+                  const RowView<acc_t>& p) {
+  int64_t done = 0;
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (kHasAvx512Path<scalar_t>) {
+    if (count == 16 && tiles_available<scalar_t>(p.n)) {
+      done = avx512::forward_tile(x, y, channels, channels, p);
+    }
+  }
+#endif
+  if (done == channels) return;
+  for (int64_t i = 0; i < count; ++i) {
+    forward_row_fast(x + i * channels + done, y + i * channels + done, channels - done,
+                     p.from(done));
+  }
+}
+
 // ------------------------------------------------------------------- parameter gradients
 // Pieces of at most kPiece elements go through two loops: a vectorised prepass writes grad_x
 // and, per element, its histogram slot and its two addends (g and g * u, pwlu_element.h); a
@@ -364,6 +393,20 @@ void scatter_piece(const PieceScratch<acc_t>& p, int64_t len, int n, int copies,
   }
 }
 
+// The scatter-adds of a prepassed tile (avx512::prepass_tile: element of channel k, row i at
+// k * 16 + i), row by row so that neighbouring adds go to different channels.
+template <typename acc_t>
+void scatter_tile(const PieceScratch<acc_t>& p, int64_t channels, int n, acc_t* histogram) {
+  const int64_t b_offset = n + 2;
+  for (int64_t i = 0; i < 16; ++i) {
+    for (int64_t k = 0; k < channels; ++k) {
+      const int64_t e = k * 16 + i;
+      histogram[p.slot[e]] += p.g[e];
+      histogram[p.slot[e] + b_offset] += p.gu[e];
+    }
+  }
+}
+
 // Buffers of param_grad_run, allocated once per parallel task.
 template <typename scalar_t, typename acc_t>
 struct RunScratch {
@@ -475,6 +518,19 @@ void parallel_runs(const PwluLayout& layout, bool shared, const Fn& fn) {
                    });
 }
 
+// Calls fn(first_row, count) for blocks of 16 rows (the last one shorter) of C interleaved
+// channels (inner == 1), in parallel.
+template <typename Fn>
+void parallel_row_tiles(const PwluLayout& layout, const Fn& fn) {
+  const int64_t tiles = (layout.outer + 15) / 16;
+  at::parallel_for(0, tiles, std::max<int64_t>(1, kGrain / (16 * layout.channels)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) {
+                       fn(t * 16, std::min<int64_t>(16, layout.outer - t * 16));
+                     }
+                   });
+}
+
 // Calls fn(base) for every row of C interleaved channels (inner == 1), in parallel.
 template <typename Fn>
 void parallel_rows(const PwluLayout& layout, const Fn& fn) {
@@ -500,8 +556,9 @@ void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
     return;
   }
   const CpuRows<acc_t> rows(params);
-  parallel_rows(layout, [&](int64_t base) {
-    forward_row_fast(x + base, y + base, layout.channels, rows.view);
+  const int64_t channels = layout.channels;
+  parallel_row_tiles(layout, [&](int64_t first, int64_t count) {
+    forward_rows(x + first * channels, y + first * channels, count, channels, rows.view);
   });
 }
 
@@ -622,9 +679,10 @@ void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
     }
   };
 
+  const bool tiles = tiles_available<scalar_t>(n);
   at::parallel_for(0, blocks * groups, 1, [&](int64_t begin, int64_t end) {
-    PieceScratch<acc_t> scratch(kRowGroup);
-    std::vector<scalar_t> gx_scratch(gx ? 0 : kRowGroup);
+    PieceScratch<acc_t> scratch(16 * kRowGroup);
+    std::vector<scalar_t> gx_scratch(gx ? 0 : 16 * kRowGroup);
     std::vector<acc_t> unused;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / groups;
@@ -633,12 +691,33 @@ void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
       const RowView<acc_t> group = p.from(c0);
       acc_t* hist = block_hist.data() + b * span + c0 * width;
       const int64_t last = std::min(layout.outer, (b + 1) * rows_per_block);
-      for (int64_t r = b * rows_per_block; r < last; ++r) {
-        const int64_t base = r * channels + c0;
-        prepass_row_fast(g + base, x + base, gx ? gx + base : gx_scratch.data(), count, group,
-                         scratch.slot.data(), scratch.g.data(), scratch.gu.data());
-        scatter_piece(scratch, count, n, 1, count * width, hist, unused);
+      // One row through the row path, into the channels from `first` on.
+      auto row = [&](int64_t r, int64_t first) {
+        const int64_t base = r * channels + c0 + first;
+        prepass_row_fast(g + base, x + base, gx ? gx + base : gx_scratch.data(), count - first,
+                         group.from(first), scratch.slot.data(), scratch.g.data(),
+                         scratch.gu.data());
+        scatter_piece(scratch, count - first, n, 1, (count - first) * width,
+                      hist + first * width, unused);
+      };
+      int64_t r = b * rows_per_block;
+#ifdef PWLU_HAVE_AVX512_PATH
+      if constexpr (kHasAvx512Path<scalar_t>) {
+        // Blocks of 16 rows by tiles; each channel still sees its rows in order.
+        for (; tiles && r + 16 <= last; r += 16) {
+          const int64_t base = r * channels + c0;
+          const int64_t done = avx512::prepass_tile(
+              g + base, x + base, channels, gx ? gx + base : gx_scratch.data(),
+              gx ? channels : count, count, group, scratch.slot.data(), scratch.g.data(),
+              scratch.gu.data());
+          scatter_tile(scratch, done, n, hist);
+          if (done < count) {
+            for (int64_t i = 0; i < 16; ++i) row(r + i, done);
+          }
+        }
       }
+#endif
+      for (; r < last; ++r) row(r, 0);
       // With one block of rows the group's sums are complete.
       if (blocks == 1) convert(block_hist.data(), c0, c0 + count);
     }
