@@ -11,7 +11,8 @@
 // inside its piece (base_j = 0, idx, N for the left piece, inner interval idx, right piece), every
 // parameter gradient is a linear function of two sums per table entry over the elements that
 // fall into it: A_j = sum(g) and B_j = sum(g * u). The kernels therefore only build this
-// 2 * (N + 2) histogram (two adds per element) and convert it once per parameter set
+// 2 * (N + 2) histogram, stored as pairs [A_0, B_0, A_1, B_1, ...] so that an element's two
+// adds touch one 8-byte pair (two adds per element), and convert it once per parameter set
 // (histogram_to_param_grads).
 #pragma once
 
@@ -214,7 +215,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t forward_value_points(acc_t x, const acc_
   return (p.slope == acc_t(0) && is_infinite(x)) ? p.anchor_y : y;
 }
 
-// Width of the per-set gradient histogram: [A_0 .. A_{N+1}, B_0 .. B_{N+1}].
+// Width of the per-set gradient histogram: pairs [A_j, B_j] for j = 0 .. N + 1.
 C10_HOST_DEVICE inline int histogram_width(int num_intervals) { return 2 * (num_intervals + 2); }
 
 // Where the parameter gradients of every set go: dY_0..dY_N of set s at points + s * (N + 1),
@@ -233,19 +234,19 @@ template <typename acc_t>
 C10_HOST_DEVICE C10_ALWAYS_INLINE void accumulate_element(acc_t* histogram, acc_t g, acc_t t,
                                                           int j, int num_intervals) {
   const acc_t u = t - entry_base<acc_t>(j, num_intervals);
-  histogram[j] += g;
-  histogram[num_intervals + 2 + j] += g * u;
+  histogram[2 * j] += g;
+  histogram[2 * j + 1] += g * u;
 }
 
 // The bound gradients' terms of inner interval idx: with sum g (x - B_L) / (B_R - B_L) =
 // (idx A + B) / N, dB_L gets -K (A - (idx A + B) / N) and dB_R gets -K (idx A + B) / N
 // (accumulated here with the sign flipped).
 template <typename acc_t>
-C10_HOST_DEVICE C10_ALWAYS_INLINE void add_bound_terms(const acc_t* a, const acc_t* b,
+C10_HOST_DEVICE C10_ALWAYS_INLINE void add_bound_terms(const acc_t* histogram,
                                                        const acc_t* slopes, int idx,
                                                        acc_t inv_n, acc_t* left, acc_t* right) {
-  const acc_t aj = a[idx + 1];
-  const acc_t rel = (acc_t(idx) * aj + b[idx + 1]) * inv_n;
+  const acc_t aj = histogram[2 * (idx + 1)];
+  const acc_t rel = (acc_t(idx) * aj + histogram[2 * (idx + 1) + 1]) * inv_n;
   const acc_t k = slopes[idx + 1];
   *left += k * (aj - rel);
   *right += k * rel;
@@ -262,28 +263,29 @@ C10_HOST_DEVICE inline void histogram_to_param_grads(const acc_t* histogram, con
                                                      const PwluRange<acc_t>& r,
                                                      const ParamGradOut<acc_t>& out, int64_t set) {
   const int n = r.num_intervals;
+  // A_j = histogram[2 j], B_j = histogram[2 j + 1].
+  auto a = [histogram](int j) { return histogram[2 * j]; };
+  auto b = [histogram](int j) { return histogram[2 * j + 1]; };
   acc_t* d_points = out.points + set * (n + 1);
-  const acc_t* a = histogram;
-  const acc_t* b = histogram + n + 2;
   // dY_i: the end of interval i - 1 (the left piece for i = 0) plus the start of interval i
   // (the right piece for i = N).
   for (int i = 0; i <= n; ++i) {
-    const acc_t from_left = i > 0 ? b[i] : a[0];
-    const acc_t from_right = i < n ? a[i + 1] - b[i + 1] : a[n + 1];
+    const acc_t from_left = i > 0 ? b(i) : a(0);
+    const acc_t from_right = i < n ? a(i + 1) - b(i + 1) : a(n + 1);
     d_points[i] = from_left + from_right;
   }
   const acc_t inv_n = acc_t(1) / acc_t(n);  // a multiply per interval, not a division
   acc_t left0 = 0, left1 = 0, right0 = 0, right1 = 0;
   int idx = 0;
   for (; idx + 1 < n; idx += 2) {
-    add_bound_terms(a, b, slopes, idx, inv_n, &left0, &right0);
-    add_bound_terms(a, b, slopes, idx + 1, inv_n, &left1, &right1);
+    add_bound_terms(histogram, slopes, idx, inv_n, &left0, &right0);
+    add_bound_terms(histogram, slopes, idx + 1, inv_n, &left1, &right1);
   }
-  if (idx < n) add_bound_terms(a, b, slopes, idx, inv_n, &left0, &right0);
-  out.left_bound[set] = -slopes[0] * a[0] - (left0 + left1);
-  out.right_bound[set] = -slopes[n + 1] * a[n + 1] - (right0 + right1);
-  out.left_slope[set] = b[0] / r.inv_width;
-  out.right_slope[set] = b[n + 1] / r.inv_width;
+  if (idx < n) add_bound_terms(histogram, slopes, idx, inv_n, &left0, &right0);
+  out.left_bound[set] = -slopes[0] * a(0) - (left0 + left1);
+  out.right_bound[set] = -slopes[n + 1] * a(n + 1) - (right0 + right1);
+  out.left_slope[set] = b(0) / r.inv_width;
+  out.right_slope[set] = b(n + 1) / r.inv_width;
 }
 
 }  // namespace ops

@@ -146,14 +146,22 @@ __attribute__((target("avx512f"))) int64_t input_grad_run(const scalar_t* g, con
   return k;
 }
 
+// Stores (g, g * u) of 16 elements as 16 interleaved pairs.
+__attribute__((target("avx512f"))) inline void store_pairs(float* pairs, __m512 g, __m512 gu) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+  _mm512_storeu_ps(pairs, _mm512_permutex2var_ps(g, lo, gu));
+  _mm512_storeu_ps(pairs + 16, _mm512_permutex2var_ps(g, hi, gu));
+}
+
 // Prepass of a run (see prepass_run_impl in pwlu_kernel.cpp): grad_x = g * S_j, and per
-// element its table entry and histogram addends g and g * (t - base_j). Returns the number of
+// element its histogram slot 2 j and addends g and g * (t - base_j). Returns the number of
 // leading elements done.
 template <typename scalar_t>
 __attribute__((target("avx512f"))) int64_t prepass_run(const scalar_t* g, const scalar_t* x,
                                                        scalar_t* gx, int64_t len, float lb,
                                                        float inv, int n, const float* slopes,
-                                                       int32_t* slot, float* ga, float* gu) {
+                                                       int32_t* slot, float* pairs) {
   const Table s = load_table(slopes);
   const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
   const __m512 vn = _mm512_set1_ps(static_cast<float>(n));
@@ -164,9 +172,8 @@ __attribute__((target("avx512f"))) int64_t prepass_run(const scalar_t* g, const 
     const __m512 t = coordinates(load(x + k), vlb, vinv);
     const __m512i j = entries_of(t, vn);
     store(gx + k, _mm512_mul_ps(gv, lookup(s, j)));
-    _mm512_storeu_si512(slot + k, j);
-    _mm512_storeu_ps(ga + k, gv);
-    _mm512_storeu_ps(gu + k, _mm512_mul_ps(gv, _mm512_sub_ps(t, entry_bases(j, vni))));
+    _mm512_storeu_si512(slot + k, _mm512_add_epi32(j, j));
+    store_pairs(pairs + 2 * k, gv, _mm512_mul_ps(gv, _mm512_sub_ps(t, entry_bases(j, vni))));
   }
   return k;
 }
@@ -327,15 +334,15 @@ __attribute__((target("avx512f"))) int64_t forward_tile(const scalar_t* x, scala
   return c;
 }
 
-// Prepass of a tile (see prepass_row): grad_x (row i at gx + i * gx_stride), and slot / g / g * u of channel c, row i
-// at index (c * 16 + i) of the scratch, i.e. by channel; slot = c * W + j. Returns the number of
-// leading channels done.
+// Prepass of a tile (see prepass_row): grad_x (row i at gx + i * gx_stride), and the slot and
+// pair of channel c, row i at element c * 16 + i of the scratch, i.e. by channel;
+// slot = c * W + 2 j. Returns the number of leading channels done.
 template <typename scalar_t, typename Row>
 __attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const scalar_t* x,
                                                         int64_t stride, scalar_t* gx,
                                                         int64_t gx_stride, int64_t channels,
-                                                        const Row& p, int32_t* slot, float* ga,
-                                                        float* gu) {
+                                                        const Row& p, int32_t* slot,
+                                                        float* pairs) {
   const __m512i vni = _mm512_set1_epi32(p.n);
   const int width = 2 * (p.n + 2);
   int64_t c = 0;
@@ -350,9 +357,10 @@ __attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const
     for (int k = 0; k < 16; ++k) {
       const Pieces16 r = channel_pieces<false>(xv[k], p, c + k);
       const int64_t e = (c + k) * 16;
-      _mm512_storeu_si512(slot + e, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c + k) * width), r.j));
-      _mm512_storeu_ps(ga + e, gv[k]);
-      _mm512_storeu_ps(gu + e, _mm512_mul_ps(gv[k], _mm512_sub_ps(r.t, entry_bases(r.j, vni))));
+      _mm512_storeu_si512(slot + e, _mm512_add_epi32(
+                                        _mm512_set1_epi32(static_cast<int>(c + k) * width),
+                                        _mm512_add_epi32(r.j, r.j)));
+      store_pairs(pairs + 2 * e, gv[k], _mm512_mul_ps(gv[k], _mm512_sub_ps(r.t, entry_bases(r.j, vni))));
       gv[k] = _mm512_mul_ps(gv[k], r.slope);
     }
     transpose16(gv);
@@ -386,13 +394,13 @@ __attribute__((target("avx512f"))) int64_t input_grad_row(const scalar_t* g, con
   return c;
 }
 
-// Prepass of a row: grad_x, slot = c * W + j (W = histogram_width(N)) and the addends g and
+// Prepass of a row: grad_x, slot = c * W + 2 j (W = histogram_width(N)) and the addends g and
 // g * (t - base_j). Returns the number of leading channels done.
 template <typename scalar_t, typename Row>
 __attribute__((target("avx512f"))) int64_t prepass_row(const scalar_t* g, const scalar_t* x,
                                                        scalar_t* gx, int64_t channels,
                                                        const Row& p, int32_t* slot,
-                                                       float* ga, float* gu) {
+                                                       float* pairs) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i width = _mm512_set1_epi32(2 * (p.n + 2));
   const __m512i vni = _mm512_set1_epi32(p.n);
@@ -402,9 +410,9 @@ __attribute__((target("avx512f"))) int64_t prepass_row(const scalar_t* g, const 
     const Pieces16 r = row_pieces<false>(load(x + c), p, c);
     store(gx + c, _mm512_mul_ps(gv, r.slope));
     const __m512i channel = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c)), lane);
-    _mm512_storeu_si512(slot + c, _mm512_add_epi32(_mm512_mullo_epi32(channel, width), r.j));
-    _mm512_storeu_ps(ga + c, gv);
-    _mm512_storeu_ps(gu + c, _mm512_mul_ps(gv, _mm512_sub_ps(r.t, entry_bases(r.j, vni))));
+    _mm512_storeu_si512(slot + c, _mm512_add_epi32(_mm512_mullo_epi32(channel, width),
+                                                   _mm512_add_epi32(r.j, r.j)));
+    store_pairs(pairs + 2 * c, gv, _mm512_mul_ps(gv, _mm512_sub_ps(r.t, entry_bases(r.j, vni))));
   }
   return c;
 }

@@ -21,6 +21,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "../pwlu_common.h"
 #include "../pwlu_element.h"
 #include "cpu_clones.h"
@@ -261,39 +265,38 @@ constexpr int64_t kPiece = 2048;
 
 template <typename acc_t>
 struct PieceScratch {
-  std::vector<int32_t> slot;
-  std::vector<acc_t> g, gu;
-  explicit PieceScratch(int64_t size) : slot(size), g(size), gu(size) {}
+  std::vector<int32_t> slot;  // the element's histogram offset (of its pair)
+  std::vector<acc_t> pairs;   // per element: g, g * u
+  explicit PieceScratch(int64_t size) : slot(size), pairs(2 * size) {}
 };
 
-// Prepass of a run of one set: slot = j.
+// Prepass of a run of one set: slot = 2 j.
 template <typename scalar_t, typename acc_t>
 C10_ALWAYS_INLINE void prepass_run_impl(const scalar_t* __restrict__ g,
                                         const scalar_t* __restrict__ x,
                                         scalar_t* __restrict__ gx, int64_t len, acc_t lb,
                                         acc_t inv, int n, const acc_t* __restrict__ slopes,
-                                        int32_t* __restrict__ slot, acc_t* __restrict__ ga,
-                                        acc_t* __restrict__ gu) {
+                                        int32_t* __restrict__ slot, acc_t* __restrict__ pairs) {
   for (int64_t k = 0; k < len; ++k) {
     const acc_t gv = static_cast<acc_t>(g[k]);
     const acc_t t = interval_coordinate(static_cast<acc_t>(x[k]), lb, inv);
     const int j = table_entry(t, n);
     gx[k] = from_acc<scalar_t, acc_t>(gv * slopes[j]);
-    slot[k] = j;
-    ga[k] = gv;
-    gu[k] = gv * (t - entry_base<acc_t>(j, n));
+    slot[k] = 2 * j;
+    pairs[2 * k] = gv;
+    pairs[2 * k + 1] = gv * (t - entry_base<acc_t>(j, n));
   }
 }
 
 // Prepass of channels [first, first + channels) of a row (p viewed from `first`):
-// slot = c * W + j (W = histogram_width(N)), the point form's slope for grad_x.
+// slot = c * W + 2 j (W = histogram_width(N)), the point form's slope for grad_x.
 template <typename scalar_t, typename acc_t>
 C10_ALWAYS_INLINE void prepass_row_impl(const scalar_t* __restrict__ g,
                                         const scalar_t* __restrict__ x,
                                         scalar_t* __restrict__ gx, int64_t channels,
                                         int64_t first, const RowView<acc_t>& p,
-                                        int32_t* __restrict__ slot, acc_t* __restrict__ ga,
-                                        acc_t* __restrict__ gu) {
+                                        int32_t* __restrict__ slot,
+                                        acc_t* __restrict__ pairs) {
   const int n = p.n;
   const int width = histogram_width(n);
   for (int64_t c = 0; c < channels; ++c) {
@@ -304,22 +307,22 @@ C10_ALWAYS_INLINE void prepass_row_impl(const scalar_t* __restrict__ g,
     const acc_t slope =
         point_piece(p.points + c * (n + 1), j, r, p.left_slope[c], p.right_slope[c]).slope;
     gx[c] = from_acc<scalar_t, acc_t>(gv * slope);
-    slot[c] = static_cast<int32_t>(first + c) * width + j;
-    ga[c] = gv;
-    gu[c] = gv * (t - entry_base<acc_t>(j, n));
+    slot[c] = static_cast<int32_t>(first + c) * width + 2 * j;
+    pairs[2 * c] = gv;
+    pairs[2 * c + 1] = gv * (t - entry_base<acc_t>(j, n));
   }
 }
 
 #define PWLU_DEFINE_CLONED_PREPASS(scalar_t, acc_t)                                            \
   PWLU_CPU_CLONES void prepass_run(const scalar_t* g, const scalar_t* x, scalar_t* gx,        \
                                    int64_t len, acc_t lb, acc_t inv, int n, const acc_t* s,    \
-                                   int32_t* slot, acc_t* ga, acc_t* gu) {                      \
-    prepass_run_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s, slot, ga, gu);             \
+                                   int32_t* slot, acc_t* pairs) {                              \
+    prepass_run_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s, slot, pairs);              \
   }                                                                                            \
   PWLU_CPU_CLONES void prepass_row(const scalar_t* g, const scalar_t* x, scalar_t* gx,        \
                                    int64_t channels, int64_t first, const RowView<acc_t>& p,   \
-                                   int32_t* slot, acc_t* ga, acc_t* gu) {                      \
-    prepass_row_impl<scalar_t, acc_t>(g, x, gx, channels, first, p, slot, ga, gu);             \
+                                   int32_t* slot, acc_t* pairs) {                              \
+    prepass_row_impl<scalar_t, acc_t>(g, x, gx, channels, first, p, slot, pairs);              \
   }
 
 PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_PREPASS)
@@ -327,67 +330,76 @@ PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_PREPASS)
 
 template <typename scalar_t, typename acc_t>
 void prepass_run_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t len, acc_t lb,
-                      acc_t inv, int n, const acc_t* s, int32_t* slot, acc_t* ga, acc_t* gu) {
+                      acc_t inv, int n, const acc_t* s, int32_t* slot, acc_t* pairs) {
   int64_t done = 0;
 #ifdef PWLU_HAVE_AVX512_PATH
   if constexpr (kHasAvx512Path<scalar_t>) {
     if (avx512::available() && avx512::fits(n)) {
-      done = avx512::prepass_run(g, x, gx, len, lb, inv, n, s, slot, ga, gu);
+      done = avx512::prepass_run(g, x, gx, len, lb, inv, n, s, slot, pairs);
     }
   }
 #endif
   if (done < len) {
     prepass_run(g + done, x + done, gx + done, len - done, lb, inv, n, s, slot + done,
-                ga + done, gu + done);
+                pairs + 2 * done);
   }
 }
 
 template <typename scalar_t, typename acc_t>
 void prepass_row_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t channels,
-                      const RowView<acc_t>& p, int32_t* slot, acc_t* ga, acc_t* gu) {
+                      const RowView<acc_t>& p, int32_t* slot, acc_t* pairs) {
   int64_t done = 0;
 #ifdef PWLU_HAVE_AVX512_PATH
   if constexpr (kHasAvx512Path<scalar_t>) {
     if (avx512::available() && avx512::row_fits(channels, p.n) &&
         channels * histogram_width(p.n) < (int64_t(1) << 31)) {
-      done = avx512::prepass_row(g, x, gx, channels, p, slot, ga, gu);
+      done = avx512::prepass_row(g, x, gx, channels, p, slot, pairs);
     }
   }
 #endif
   if (done < channels) {
     prepass_row(g + done, x + done, gx + done, channels - done, done, p.from(done), slot + done,
-                ga + done, gu + done);
+                pairs + 2 * done);
   }
 }
 
-// The scatter-adds of a prepassed piece: A[slot] += g, B[slot] += g * u (B at offset N + 2).
+// histogram[0..1] += v[0..1]: an element's (A, B) pair in one 8-byte load, add and store.
+template <typename acc_t>
+C10_ALWAYS_INLINE void add_pair(acc_t* histogram, const acc_t* v) {
+  histogram[0] += v[0];
+  histogram[1] += v[1];
+}
+
+#if defined(__SSE2__)
+template <>
+C10_ALWAYS_INLINE void add_pair<float>(float* histogram, const float* v) {
+  const __m128 h = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(histogram)));
+  const __m128 a = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(v)));
+  _mm_store_sd(reinterpret_cast<double*>(histogram), _mm_castps_pd(_mm_add_ps(h, a)));
+}
+#endif
+
+// The scatter-adds of a prepassed piece: histogram[slot] += (g, g * u).
 // Neighbouring elements of one set mostly share a slot, so a single histogram would chain every
 // add on the previous one through memory: `copies` interleaved histograms (element k into copy
 // k % copies, added at the end in copy order) keep that many adds in flight.
 template <typename acc_t>
-void scatter_piece(const PieceScratch<acc_t>& p, int64_t len, int n, int copies, int64_t span,
+void scatter_piece(const PieceScratch<acc_t>& p, int64_t len, int copies, int64_t span,
                    acc_t* histogram, std::vector<acc_t>& copy_buf) {
-  const int64_t b_offset = n + 2;
+  const int32_t* slot = p.slot.data();
+  const acc_t* pairs = p.pairs.data();
   if (copies == 1) {
-    for (int64_t k = 0; k < len; ++k) {
-      histogram[p.slot[k]] += p.g[k];
-      histogram[p.slot[k] + b_offset] += p.gu[k];
-    }
+    for (int64_t k = 0; k < len; ++k) add_pair(histogram + slot[k], pairs + 2 * k);
     return;
   }
   copy_buf.assign(copies * span, acc_t(0));
   int64_t k = 0;
   for (; k + copies <= len; k += copies) {
     for (int c = 0; c < copies; ++c) {
-      acc_t* h = copy_buf.data() + c * span;
-      h[p.slot[k + c]] += p.g[k + c];
-      h[p.slot[k + c] + b_offset] += p.gu[k + c];
+      add_pair(copy_buf.data() + c * span + slot[k + c], pairs + 2 * (k + c));
     }
   }
-  for (; k < len; ++k) {
-    copy_buf[p.slot[k]] += p.g[k];
-    copy_buf[p.slot[k] + b_offset] += p.gu[k];
-  }
+  for (; k < len; ++k) add_pair(copy_buf.data() + slot[k], pairs + 2 * k);
   for (int c = 0; c < copies; ++c) {
     for (int64_t w = 0; w < span; ++w) histogram[w] += copy_buf[c * span + w];
   }
@@ -396,13 +408,11 @@ void scatter_piece(const PieceScratch<acc_t>& p, int64_t len, int n, int copies,
 // The scatter-adds of a prepassed tile (avx512::prepass_tile: element of channel k, row i at
 // k * 16 + i), row by row so that neighbouring adds go to different channels.
 template <typename acc_t>
-void scatter_tile(const PieceScratch<acc_t>& p, int64_t channels, int n, acc_t* histogram) {
-  const int64_t b_offset = n + 2;
+void scatter_tile(const PieceScratch<acc_t>& p, int64_t channels, acc_t* histogram) {
   for (int64_t i = 0; i < 16; ++i) {
     for (int64_t k = 0; k < channels; ++k) {
       const int64_t e = k * 16 + i;
-      histogram[p.slot[e]] += p.g[e];
-      histogram[p.slot[e] + b_offset] += p.gu[e];
+      add_pair(histogram + p.slot[e], p.pairs.data() + 2 * e);
     }
   }
 }
@@ -426,10 +436,9 @@ void param_grad_run(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t 
   for (int64_t start = 0; start < len; start += kPiece) {
     const int64_t m = std::min(kPiece, len - start);
     prepass_run_fast(g + start, x + start, gx ? gx + start : scratch.gx.data(), m, lb, inv, n,
-                     slopes, scratch.piece.slot.data(), scratch.piece.g.data(),
-                     scratch.piece.gu.data());
+                     slopes, scratch.piece.slot.data(), scratch.piece.pairs.data());
     std::fill(piece_hist.begin(), piece_hist.end(), acc_t(0));
-    scatter_piece(scratch.piece, m, n, /*copies=*/m >= 64 ? 4 : 1, width, piece_hist.data(),
+    scatter_piece(scratch.piece, m, /*copies=*/m >= 64 ? 4 : 1, width, piece_hist.data(),
                   scratch.copies);
     for (int w = 0; w < width; ++w) histogram[w] += piece_hist[w];
   }
@@ -695,10 +704,9 @@ void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
       auto row = [&](int64_t r, int64_t first) {
         const int64_t base = r * channels + c0 + first;
         prepass_row_fast(g + base, x + base, gx ? gx + base : gx_scratch.data(), count - first,
-                         group.from(first), scratch.slot.data(), scratch.g.data(),
-                         scratch.gu.data());
-        scatter_piece(scratch, count - first, n, 1, (count - first) * width,
-                      hist + first * width, unused);
+                         group.from(first), scratch.slot.data(), scratch.pairs.data());
+        scatter_piece(scratch, count - first, 1, (count - first) * width, hist + first * width,
+                      unused);
       };
       int64_t r = b * rows_per_block;
 #ifdef PWLU_HAVE_AVX512_PATH
@@ -708,9 +716,8 @@ void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
           const int64_t base = r * channels + c0;
           const int64_t done = avx512::prepass_tile(
               g + base, x + base, channels, gx ? gx + base : gx_scratch.data(),
-              gx ? channels : count, count, group, scratch.slot.data(), scratch.g.data(),
-              scratch.gu.data());
-          scatter_tile(scratch, done, n, hist);
+              gx ? channels : count, count, group, scratch.slot.data(), scratch.pairs.data());
+          scatter_tile(scratch, done, hist);
           if (done < count) {
             for (int64_t i = 0; i < 16; ++i) row(r + i, done);
           }
