@@ -52,6 +52,21 @@ def test_matches_relu_and_hand_statistics(device, dtype, layout, per_channel, sh
 
 
 @pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('shape', [(70, 150), (7100, 150)], ids=['one_block', 'four_blocks'])
+def test_wide_rows(device, dtype, shape):
+    """2-D input with several 64-channel groups (the last one partial) and, for the larger one
+    (over 2**20 elements), several blocks of rows combined in order; mean 2 so that a lost
+    combination term shows."""
+    x = make_x(shape, dtype, device, 'contiguous', mean=2.0)
+    y, mean, var = relu_with_moments(x, True)
+    assert torch.equal(y, torch.relu(x))
+    ref_mean, ref_var = hand_moments(x, True)
+    torch.testing.assert_close(mean.double().cpu(), ref_mean, atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(var.double().cpu(), ref_var, atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize('device', DEVICES)
 def test_variance_accurate_with_large_mean(device):
     """|mean| >> std: a naive E[x^2] - E[x]^2 in float32 would lose the variance entirely."""
     x = make_x((4, 3, 64, 64), torch.float32, device, 'contiguous', mean=3000.0)

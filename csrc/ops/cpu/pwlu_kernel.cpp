@@ -261,7 +261,7 @@ void forward_rows(const scalar_t* x, scalar_t* y, int64_t count, int64_t channel
 // and, per element, its histogram slot and its two addends (g and g * u, pwlu_element.h); a
 // scalar loop then does the scatter-adds, which no ISA vectorises well. Sums of one piece stay
 // short enough for float precision; pieces are added into the run's histogram in order.
-constexpr int64_t kPiece = 2048;
+constexpr int64_t kPiece = 1024;
 
 template <typename acc_t>
 struct PieceScratch {

@@ -50,12 +50,55 @@ C10_ALWAYS_INLINE acc_t squared_deviations_impl(const scalar_t* __restrict__ x, 
   return m2;
 }
 
+// `rows` rows (stride `stride`) of `channels` interleaved channels: y = relu(x),
+// sum[c] += x[c]. A whole block per call: a row of one channel group is only 64 elements.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void relu_sum_rows_impl(const scalar_t* __restrict__ x,
+                                          scalar_t* __restrict__ y, int64_t rows,
+                                          int64_t stride, int64_t channels,
+                                          acc_t* __restrict__ sum) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* xr = x + r * stride;
+    scalar_t* yr = y + r * stride;
+    for (int64_t c = 0; c < channels; ++c) {
+      const acc_t v = static_cast<acc_t>(xr[c]);
+      sum[c] += v;
+      yr[c] = from_acc<scalar_t, acc_t>(v < acc_t(0) ? acc_t(0) : v);
+    }
+  }
+}
+
+// m2[c] += (x[c] - mean[c])^2 over the rows.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void squared_deviations_rows_impl(const scalar_t* __restrict__ x,
+                                                    int64_t rows, int64_t stride,
+                                                    int64_t channels,
+                                                    const acc_t* __restrict__ mean,
+                                                    acc_t* __restrict__ m2) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* xr = x + r * stride;
+    for (int64_t c = 0; c < channels; ++c) {
+      const acc_t d = static_cast<acc_t>(xr[c]) - mean[c];
+      m2[c] += d * d;
+    }
+  }
+}
+
 #define PWLU_DEFINE_CLONED_LOOPS(scalar_t, acc_t)                                              \
   PWLU_CPU_CLONES acc_t relu_sum(const scalar_t* x, scalar_t* y, int64_t len) {               \
     return relu_sum_impl<scalar_t, acc_t>(x, y, len);                                          \
   }                                                                                            \
   PWLU_CPU_CLONES acc_t squared_deviations(const scalar_t* x, int64_t len, acc_t mean) {      \
     return squared_deviations_impl<scalar_t, acc_t>(x, len, mean);                             \
+  }                                                                                            \
+  PWLU_CPU_CLONES void relu_sum_rows(const scalar_t* x, scalar_t* y, int64_t rows,           \
+                                     int64_t stride, int64_t channels, acc_t* sum) {           \
+    relu_sum_rows_impl<scalar_t, acc_t>(x, y, rows, stride, channels, sum);                    \
+  }                                                                                            \
+  PWLU_CPU_CLONES void squared_deviations_rows(const scalar_t* x, int64_t rows,               \
+                                               int64_t stride, int64_t channels,               \
+                                               const acc_t* mean, acc_t* m2) {                 \
+    squared_deviations_rows_impl<scalar_t, acc_t>(x, rows, stride, channels, mean, m2);        \
   }
 
 PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_LOOPS)
@@ -102,55 +145,70 @@ std::vector<Moments> relu_moments_kernel(const scalar_t* x, scalar_t* y, const P
     });
     return out;
   }
-  // Blocks of whole rows (one flat run when not per channel), combined in block order.
-  const int64_t row = per_channel ? channels : 1;
-  const int64_t rows = layout.numel() / row;
-  const int64_t rows_per_block = std::max<int64_t>(1, kPiece * 4 / row);
-  const int64_t num_blocks = (rows + rows_per_block - 1) / rows_per_block;
-  const int64_t sets = per_channel ? channels : 1;
-  std::vector<Moments> block_moments(num_blocks * sets);
-  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sum(sets), m2(sets);
-    for (int64_t b = begin; b < end; ++b) {
+  if (!per_channel) {
+    // One flat run in blocks, combined in block order.
+    const int64_t numel = layout.numel();
+    const int64_t per_block = kPiece * 4;
+    const int64_t num_blocks = (numel + per_block - 1) / per_block;
+    std::vector<Moments> block_moments(num_blocks);
+    at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t first = b * per_block;
+        block_moments[b] = relu_moments_long_run<scalar_t, acc_t>(
+            x + first, y + first, std::min(per_block, numel - first));
+      }
+    });
+    std::vector<Moments> out(1);
+    for (const Moments& m : block_moments) out[0] = combine_moments(out[0], m);
+    return out;
+  }
+  // Interleaved channels. Tasks own groups of kRowGroup channels over a block of rows: per
+  // channel and sub-block of rows, the sum, then the squared deviations from the sub-block's
+  // mean (two passes while it is in cache), combined in order. Blocks (a count that depends on
+  // the shape only) are combined in block order.
+  constexpr int64_t kRowGroup = 64;
+  const int64_t rows = layout.outer;
+  const int64_t groups = (channels + kRowGroup - 1) / kRowGroup;
+  const int64_t num_blocks =
+      std::max<int64_t>(1, std::min<int64_t>(layout.numel() >> 18, rows));
+  const int64_t rows_per_block = (rows + num_blocks - 1) / num_blocks;
+  std::vector<Moments> block_moments(num_blocks * channels);
+  at::parallel_for(0, num_blocks * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> mean(kRowGroup), m2(kRowGroup);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / groups;
+      const int64_t c0 = (task % groups) * kRowGroup;
+      const int64_t count = std::min(kRowGroup, channels - c0);
       const int64_t first = b * rows_per_block;
       const int64_t last = std::min(rows, first + rows_per_block);
-      Moments* mine = block_moments.data() + b * sets;
-      if (!per_channel) {
-        mine[0] = relu_moments_long_run<scalar_t, acc_t>(x + first, y + first, last - first);
-        continue;
-      }
-      // Interleaved channels: per-channel sums over the block's rows, then deviations.
-      std::fill(sum.begin(), sum.end(), acc_t(0));
-      std::fill(m2.begin(), m2.end(), acc_t(0));
-      for (int64_t r = first; r < last; ++r) {
-        const scalar_t* xr = x + r * channels;
-        scalar_t* yr = y + r * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          const acc_t v = static_cast<acc_t>(xr[c]);
-          sum[c] += v;
-          yr[c] = v < acc_t(0) ? scalar_t(0) : xr[c];
+      if (first >= last) continue;
+      // Sub-blocks of about kPiece * 4 elements keep the second pass in cache.
+      const int64_t sub_rows = std::max<int64_t>(1, kPiece * 4 / count);
+      Moments* mine = block_moments.data() + b * channels + c0;
+      for (int64_t sub = first; sub < last; sub += sub_rows) {
+        const int64_t n_rows = std::min(sub_rows, last - sub);
+        const int64_t base = sub * channels + c0;
+        std::fill(mean.begin(), mean.end(), acc_t(0));
+        std::fill(m2.begin(), m2.end(), acc_t(0));
+        relu_sum_rows(x + base, y + base, n_rows, channels, count, mean.data());
+        const acc_t n = static_cast<acc_t>(n_rows);
+        for (int64_t c = 0; c < count; ++c) mean[c] /= n;
+        squared_deviations_rows(x + base, n_rows, channels, count, mean.data(), m2.data());
+        for (int64_t c = 0; c < count; ++c) {
+          Moments m;
+          m.count = static_cast<double>(n_rows);
+          m.mean = static_cast<double>(mean[c]);
+          m.m2 = static_cast<double>(m2[c]);
+          mine[c] = combine_moments(mine[c], m);
         }
-      }
-      const acc_t count = static_cast<acc_t>(last - first);
-      for (int64_t c = 0; c < channels; ++c) sum[c] /= count;  // now the block mean
-      for (int64_t r = first; r < last; ++r) {
-        const scalar_t* xr = x + r * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          const acc_t d = static_cast<acc_t>(xr[c]) - sum[c];
-          m2[c] += d * d;
-        }
-      }
-      for (int64_t c = 0; c < channels; ++c) {
-        mine[c].count = static_cast<double>(count);
-        mine[c].mean = static_cast<double>(sum[c]);
-        mine[c].m2 = static_cast<double>(m2[c]);
       }
     }
   });
-  std::vector<Moments> out(sets);
+  if (num_blocks == 1) return block_moments;
+  std::vector<Moments> out(channels);
   for (int64_t b = 0; b < num_blocks; ++b) {
-    for (int64_t s = 0; s < sets; ++s) {
-      out[s] = combine_moments(out[s], block_moments[b * sets + s]);
+    for (int64_t c = 0; c < channels; ++c) {
+      out[c] = combine_moments(out[c], block_moments[b * channels + c]);
     }
   }
   return out;
