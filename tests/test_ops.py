@@ -364,6 +364,14 @@ def test_interleaved_channels_all_gradients(device, shape):
     x = make_input(shape, torch.float32, device)
     params = make_params(shape[1], 16, dtype=torch.float32, device=device)
     check_op_against_reference(x, params, *TOL[torch.float32], param_rtol=1e-5)
+    # Frozen parameters: the input-gradient-only kernels.
+    x = x.detach().requires_grad_()
+    x64 = x.detach().double().cpu().requires_grad_()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    pwlu(x, *params).backward(g.float().to(device))
+    pwlu_reference(x64, *[p.double().cpu() for p in params]).backward(g.float().double())
+    torch.testing.assert_close(x.grad.double().cpu(), x64.grad, atol=TOL[torch.float32][0],
+                               rtol=TOL[torch.float32][1])
 
 
 @pytest.mark.parametrize('device', DEVICES)

@@ -334,6 +334,40 @@ __attribute__((target("avx512f"))) int64_t forward_tile(const scalar_t* x, scala
   return c;
 }
 
+// Loads the 16 x 16 tiles of x and g (row i at + i * stride), transposed: a register per
+// channel.
+template <typename scalar_t>
+__attribute__((target("avx512f"), always_inline)) inline void load_tiles(const scalar_t* x,
+                                                                         const scalar_t* g,
+                                                                         int64_t stride,
+                                                                         __m512* xv,
+                                                                         __m512* gv) {
+  for (int i = 0; i < 16; ++i) {
+    xv[i] = load(x + i * stride);
+    gv[i] = load(g + i * stride);
+  }
+  transpose16(xv);
+  transpose16(gv);
+}
+
+// grad_x = g * S_j of a tile (as forward_tile). Returns the number of leading channels done.
+template <typename scalar_t, typename Row>
+__attribute__((target("avx512f"))) int64_t input_grad_tile(const scalar_t* g, const scalar_t* x,
+                                                           scalar_t* gx, int64_t stride,
+                                                           int64_t channels, const Row& p) {
+  int64_t c = 0;
+  for (; c + 16 <= channels; c += 16) {
+    __m512 xv[16], gv[16];
+    load_tiles(x + c, g + c, stride, xv, gv);
+    for (int k = 0; k < 16; ++k) {
+      gv[k] = _mm512_mul_ps(gv[k], channel_pieces<false>(xv[k], p, c + k).slope);
+    }
+    transpose16(gv);
+    for (int i = 0; i < 16; ++i) store(gx + i * stride + c, gv[i]);
+  }
+  return c;
+}
+
 // Prepass of a tile (see prepass_row): grad_x (row i at gx + i * gx_stride), and the slot and
 // pair of channel c, row i at element c * 16 + i of the scratch, i.e. by channel;
 // slot = c * W + 2 j. Returns the number of leading channels done.
@@ -348,12 +382,7 @@ __attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const
   int64_t c = 0;
   for (; c + 16 <= channels; c += 16) {
     __m512 xv[16], gv[16];
-    for (int i = 0; i < 16; ++i) {
-      xv[i] = load(x + i * stride + c);
-      gv[i] = load(g + i * stride + c);
-    }
-    transpose16(xv);
-    transpose16(gv);
+    load_tiles(x + c, g + c, stride, xv, gv);
     for (int k = 0; k < 16; ++k) {
       const Pieces16 r = channel_pieces<false>(xv[k], p, c + k);
       const int64_t e = (c + k) * 16;

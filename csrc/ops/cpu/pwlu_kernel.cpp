@@ -256,6 +256,25 @@ void forward_rows(const scalar_t* x, scalar_t* y, int64_t count, int64_t channel
   }
 }
 
+// grad_x of `count` rows, as forward_rows.
+template <typename scalar_t, typename acc_t>
+void input_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t count,
+                     int64_t channels, const RowView<acc_t>& p) {
+  int64_t done = 0;
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (kHasAvx512Path<scalar_t>) {
+    if (count == 16 && tiles_available<scalar_t>(p.n)) {
+      done = avx512::input_grad_tile(g, x, gx, channels, channels, p);
+    }
+  }
+#endif
+  if (done == channels) return;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t base = i * channels + done;
+    input_grad_row_fast(g + base, x + base, gx + base, channels - done, p.from(done));
+  }
+}
+
 // ------------------------------------------------------------------- parameter gradients
 // Pieces of at most kPiece elements go through two loops: a vectorised prepass writes grad_x
 // and, per element, its histogram slot and its two addends (g and g * u, pwlu_element.h); a
@@ -540,15 +559,6 @@ void parallel_row_tiles(const PwluLayout& layout, const Fn& fn) {
                    });
 }
 
-// Calls fn(base) for every row of C interleaved channels (inner == 1), in parallel.
-template <typename Fn>
-void parallel_rows(const PwluLayout& layout, const Fn& fn) {
-  at::parallel_for(0, layout.outer, std::max<int64_t>(1, kGrain / layout.channels),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t row = begin; row < end; ++row) fn(row * layout.channels);
-                   });
-}
-
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
                     const PwluParams& params) {
@@ -585,8 +595,10 @@ void input_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
     return;
   }
   const CpuRows<acc_t> rows(params);
-  parallel_rows(layout, [&](int64_t base) {
-    input_grad_row_fast(g + base, x + base, gx + base, layout.channels, rows.view);
+  const int64_t channels = layout.channels;
+  parallel_row_tiles(layout, [&](int64_t first, int64_t count) {
+    const int64_t base = first * channels;
+    input_grad_rows(g + base, x + base, gx + base, count, channels, rows.view);
   });
 }
 
