@@ -4,7 +4,9 @@ with ReLU, Swish and PWLU at every activation site, as ratios to ReLU.
 Each activation runs in its own subprocess (a clean peak-memory reading); inside it, the model
 is built from the config with ``model.act_cfg.type`` set, PWLU layers are realigned (phase II, the
 expensive phase), and a fixed synthetic batch is timed: ``train`` = forward + backward +
-optimizer step, ``inference`` = ``model.test_step``.
+optimizer step, ``inference`` = ``model.test_step``. The subprocesses run in ``--rounds`` rounds
+(ReLU, Swish, PWLU, ReLU, ...) and each time is the median over rounds of the per-process
+medians, so that a machine whose speed drifts (shared CPUs) shifts every activation alike.
 
 Example:
     python tools/bench_model.py configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py
@@ -121,7 +123,8 @@ def format_table(args, results: dict) -> str:
     relu = results['ReLU']
     mem_keys = [k for k in relu if k.endswith('_mb')]
     head = (f'{os.path.basename(args.config)}, {args.device}, batch {args.batch_size} x '
-            f'{args.image_size[0]}x{args.image_size[1]}, median of {args.repeat}, torch '
+            f'{args.image_size[0]}x{args.image_size[1]}, median of {args.repeat} steps x '
+            f'{args.rounds} rounds, torch '
             f'{torch.__version__}, {torch.get_num_threads()} threads, '
             f'{platform.processor() or platform.machine()}')
     cols = ['train ms', 'x ReLU', 'inference ms', 'x ReLU'] + \
@@ -148,6 +151,8 @@ def parse_args(argv=None):
     parser.add_argument('--repeat', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--activations', nargs='+', default=list(ACTIVATIONS))
+    parser.add_argument('--rounds', type=int, default=3,
+                        help='subprocess rounds; times are medians over rounds')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -158,9 +163,21 @@ def main(argv=None):
         args.activation = args.child
         print(json.dumps(measure(args)))
         return
-    results = {act: run_child(args, act) for act in ['ReLU'] + [
-        a for a in args.activations if a != 'ReLU']}
-    print(format_table(args, results))
+    order = ['ReLU'] + [a for a in args.activations if a != 'ReLU']
+    rounds = [{act: run_child(args, act) for act in order} for _ in range(args.rounds)]
+    print(format_table(args, combine_rounds(rounds)))
+
+
+def combine_rounds(rounds: list) -> dict:
+    """Per activation: times as the median over rounds, memory as the maximum."""
+    out = {}
+    for act in rounds[0]:
+        runs = [r[act] for r in rounds]
+        out[act] = {k: statistics.median(run[k] for run in runs) for k in runs[0]
+                    if k.endswith('_ms')}
+        out[act].update({k: max(run[k] for run in runs) for k in runs[0] if k.endswith('_mb')})
+        out[act]['num_pwlu'] = runs[0]['num_pwlu']
+    return out
 
 
 if __name__ == '__main__':

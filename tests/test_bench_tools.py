@@ -1,0 +1,57 @@
+"""Smoke tests of the benchmark tools: they run, measure every case and compute their ratios."""
+import importlib.util
+import os
+
+import pytest
+
+from pwlu_mmdet.ops import compiled_available
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not compiled_available(), reason='needs the compiled op')
+def test_bench_op_measures_every_case():
+    bench = load_tool('bench_op')
+    args = bench.parse_args(['--shape', '2', '16', '8', '8', '--repeat', '2', '--warmup', '1',
+                             '--no-compile'])
+    rows = bench.run(args)
+    cases = {(r['impl'], r['mode']) for r in rows}
+    for impl in ('ReLU', 'SiLU', 'reference (eager)'):
+        assert {(impl, 'forward'), (impl, 'forward+backward')} <= cases
+    assert {('PWLU op', m) for m in ('forward', 'forward+backward', 'phase I forward',
+                                     'phase I forward+backward')} <= cases
+    assert all(r['ms'] > 0 and r['gbps'] > 0 for r in rows)
+    assert [r['ratio'] for r in rows if r['impl'] == 'ReLU'] == [1.0, 1.0]
+    table = bench.format_table(rows, args)
+    assert '| PWLU op | forward+backward |' in table
+
+
+def test_bench_model_rounds_take_medians_and_peaks():
+    bench = load_tool('bench_model')
+    rounds = [{'ReLU': {'train_ms': t, 'inference_ms': 2 * t, 'peak_rss_mb': m, 'num_pwlu': 0}}
+              for t, m in ((10.0, 100.0), (30.0, 90.0), (11.0, 95.0))]
+    combined = bench.combine_rounds(rounds)['ReLU']
+    assert combined == {'train_ms': 11.0, 'inference_ms': 22.0, 'peak_rss_mb': 100.0,
+                        'num_pwlu': 0}
+
+
+@pytest.mark.slow
+def test_bench_model_runs_each_activation():
+    bench = load_tool('bench_model')
+    args = bench.parse_args([
+        os.path.join(ROOT, 'configs', 'synthetic',
+                     'mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py'),
+        '--repeat', '1', '--warmup', '0', '--rounds', '1', '--activations', 'ReLU', 'PWLU',
+        '--image-size', '64', '64'])
+    results = {act: bench.run_child(args, act) for act in ('ReLU', 'PWLU')}
+    assert results['ReLU']['num_pwlu'] == 0 and results['PWLU']['num_pwlu'] > 0
+    assert all(r['train_ms'] > 0 and r['inference_ms'] > 0 for r in results.values())
+    table = bench.format_table(args, bench.combine_rounds([results]))
+    assert '| PWLU |' in table
