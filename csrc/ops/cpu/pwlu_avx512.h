@@ -194,8 +194,7 @@ struct Pieces16 {
   __m512 anchor_x, anchor_y;
 };
 
-// The per-lane parameters of the point form: loaded per channel (rows, lane = channel) or
-// broadcast (tiles, lane = row of one channel).
+// The per-lane (per-channel) parameters of the point form.
 struct PointParams16 {
   __m512 lb, inv, step, left_slope, right_slope, rb;
 };
@@ -261,11 +260,9 @@ __attribute__((target("avx512f"))) inline Pieces16 row_pieces(__m512 x, const Ro
 
 // Tiles of 16 rows x 16 channels avoid the gathers, which cost about 2.5 cycles per element on
 // the CPUs we measured: the tile is transposed in registers so that a register holds 16 rows of
-// one channel, whose Y_0..Y_N then sit in two registers and are looked up with permutes, as the
-// runs' tables are. The arithmetic is row_pieces'; only where Y comes from differs.
-
-// Whether a set's Y_0..Y_N fit two registers.
-inline bool tile_fits(int num_intervals) { return num_intervals + 1 <= 32; }
+// one channel, whose (slope, intercept) table then sits in registers as a run's does (forward16,
+// lookup). Tables: per channel of the tile (channel 0 at the tile's x) ranges[c], slopes_of(c)
+// and intercepts_of(c), 32 readable entries each (GroupTables in pwlu_kernel.cpp).
 
 // 16 x 16 transpose: lane k of r[i] <-> lane i of r[k].
 __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512* r) {
@@ -296,38 +293,24 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512
   }
 }
 
-// point_piece for 16 rows of channel c (lane = row): Y by permutes of the channel's points.
-template <bool anchors, typename Row>
-__attribute__((target("avx512f"))) inline Pieces16 channel_pieces(__m512 x, const Row& p,
-                                                                  int64_t c) {
-  const PointParams16 q = {_mm512_set1_ps(p.left_bound[c]), _mm512_set1_ps(p.inv_width[c]),
-                           _mm512_set1_ps(p.step[c]),       _mm512_set1_ps(p.left_slope[c]),
-                           _mm512_set1_ps(p.right_slope[c]), _mm512_set1_ps(p.right_bound[c])};
-  // Masked loads: the points of the last channel end the array.
-  const int count = p.n + 1;
-  const float* y = p.points + c * count;
-  const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(count >= 16 ? 0xffff : (1 << count) - 1), y);
-  const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(count > 16 ? (1 << (count - 16)) - 1 : 0), y + 16);
-  Pieces16 r;
-  const __m512i a = coordinates_and_entries(x, q, p.n, &r);
-  const __m512 y0 = _mm512_permutex2var_ps(lo, a, hi);
-  const __m512 y1 = _mm512_permutex2var_ps(lo, _mm512_add_epi32(a, _mm512_set1_epi32(1)), hi);
-  finish_pieces<anchors>(q, p.n, a, y0, y1, &r);
-  return r;
-}
-
 // Forward of a tile of 16 rows (row i at x + i * stride) and `channels` channels, in blocks of
 // 16. Returns the number of leading channels done.
-template <typename scalar_t, typename Row>
+template <typename scalar_t, typename Tables>
 __attribute__((target("avx512f"))) int64_t forward_tile(const scalar_t* x, scalar_t* y,
                                                         int64_t stride, int64_t channels,
-                                                        const Row& p) {
+                                                        const Tables& tab) {
+  const __m512 vn = _mm512_set1_ps(static_cast<float>(tab.n));
   int64_t c = 0;
   for (; c + 16 <= channels; c += 16) {
     __m512 v[16];
     for (int i = 0; i < 16; ++i) v[i] = load(x + i * stride + c);
     transpose16(v);
-    for (int k = 0; k < 16; ++k) v[k] = point_value(v[k], channel_pieces<true>(v[k], p, c + k));
+    for (int k = 0; k < 16; ++k) {
+      const int64_t s = c + k;
+      v[k] = forward16(v[k], load_table(tab.slopes_of(s)), load_table(tab.intercepts_of(s)),
+                       _mm512_set1_ps(tab.ranges[s].left_bound),
+                       _mm512_set1_ps(tab.ranges[s].inv_width), vn);
+    }
     transpose16(v);
     for (int i = 0; i < 16; ++i) store(y + i * stride + c, v[i]);
   }
@@ -351,16 +334,20 @@ __attribute__((target("avx512f"), always_inline)) inline void load_tiles(const s
 }
 
 // grad_x = g * S_j of a tile (as forward_tile). Returns the number of leading channels done.
-template <typename scalar_t, typename Row>
+template <typename scalar_t, typename Tables>
 __attribute__((target("avx512f"))) int64_t input_grad_tile(const scalar_t* g, const scalar_t* x,
                                                            scalar_t* gx, int64_t stride,
-                                                           int64_t channels, const Row& p) {
+                                                           int64_t channels, const Tables& tab) {
+  const __m512 vn = _mm512_set1_ps(static_cast<float>(tab.n));
   int64_t c = 0;
   for (; c + 16 <= channels; c += 16) {
     __m512 xv[16], gv[16];
     load_tiles(x + c, g + c, stride, xv, gv);
     for (int k = 0; k < 16; ++k) {
-      gv[k] = _mm512_mul_ps(gv[k], channel_pieces<false>(xv[k], p, c + k).slope);
+      const int64_t s = c + k;
+      const __m512i j = entries(xv[k], _mm512_set1_ps(tab.ranges[s].left_bound),
+                                _mm512_set1_ps(tab.ranges[s].inv_width), vn);
+      gv[k] = _mm512_mul_ps(gv[k], lookup(load_table(tab.slopes_of(s)), j));
     }
     transpose16(gv);
     for (int i = 0; i < 16; ++i) store(gx + i * stride + c, gv[i]);
@@ -371,26 +358,29 @@ __attribute__((target("avx512f"))) int64_t input_grad_tile(const scalar_t* g, co
 // Prepass of a tile (see prepass_row): grad_x (row i at gx + i * gx_stride), and the slot and
 // pair of channel c, row i at element c * 16 + i of the scratch, i.e. by channel;
 // slot = c * W + 2 j. Returns the number of leading channels done.
-template <typename scalar_t, typename Row>
+template <typename scalar_t, typename Tables>
 __attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const scalar_t* x,
                                                         int64_t stride, scalar_t* gx,
                                                         int64_t gx_stride, int64_t channels,
-                                                        const Row& p, int32_t* slot,
+                                                        const Tables& tab, int32_t* slot,
                                                         float* pairs) {
-  const __m512i vni = _mm512_set1_epi32(p.n);
-  const int width = 2 * (p.n + 2);
+  const __m512 vn = _mm512_set1_ps(static_cast<float>(tab.n));
+  const __m512i vni = _mm512_set1_epi32(tab.n);
+  const int width = 2 * (tab.n + 2);
   int64_t c = 0;
   for (; c + 16 <= channels; c += 16) {
     __m512 xv[16], gv[16];
     load_tiles(x + c, g + c, stride, xv, gv);
     for (int k = 0; k < 16; ++k) {
-      const Pieces16 r = channel_pieces<false>(xv[k], p, c + k);
-      const int64_t e = (c + k) * 16;
-      _mm512_storeu_si512(slot + e, _mm512_add_epi32(
-                                        _mm512_set1_epi32(static_cast<int>(c + k) * width),
-                                        _mm512_add_epi32(r.j, r.j)));
-      store_pairs(pairs + 2 * e, gv[k], _mm512_mul_ps(gv[k], _mm512_sub_ps(r.t, entry_bases(r.j, vni))));
-      gv[k] = _mm512_mul_ps(gv[k], r.slope);
+      const int64_t s = c + k;
+      const __m512 t = coordinates(xv[k], _mm512_set1_ps(tab.ranges[s].left_bound),
+                                   _mm512_set1_ps(tab.ranges[s].inv_width));
+      const __m512i j = entries_of(t, vn);
+      const int64_t e = s * 16;
+      _mm512_storeu_si512(slot + e, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(s) * width),
+                                                     _mm512_add_epi32(j, j)));
+      store_pairs(pairs + 2 * e, gv[k], _mm512_mul_ps(gv[k], _mm512_sub_ps(t, entry_bases(j, vni))));
+      gv[k] = _mm512_mul_ps(gv[k], lookup(load_table(tab.slopes_of(s)), j));
     }
     transpose16(gv);
     for (int i = 0; i < 16; ++i) store(gx + i * gx_stride + c, gv[i]);

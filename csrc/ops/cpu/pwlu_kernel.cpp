@@ -227,52 +227,101 @@ void input_grad_row_fast(const scalar_t* g, const scalar_t* x, scalar_t* gx, int
   }
 }
 
+// Interleaved rows are processed by tasks that own a group of kRowGroup channels (a whole
+// number of cache lines of a float row) over a block of rows.
+constexpr int64_t kRowGroup = 64;
+
 // Whether 16 x 16 tiles of interleaved rows can take the AVX-512 tile path.
 template <typename scalar_t>
 bool tiles_available(int n) {
 #ifdef PWLU_HAVE_AVX512_PATH
-  if constexpr (kHasAvx512Path<scalar_t>) return avx512::available() && avx512::tile_fits(n);
+  if constexpr (kHasAvx512Path<scalar_t>) return avx512::available() && avx512::fits(n);
 #endif
   return false;
 }
 
-// Forward of `count` rows of C channels (row stride C): a block of 16 rows goes through the
-// tile path, the channels it leaves (C mod 16) and shorter blocks through the row path.
-template <typename scalar_t, typename acc_t>
-void forward_rows(const scalar_t* x, scalar_t* y, int64_t count, int64_t channels,
-                  const RowView<acc_t>& p) {
-  int64_t done = 0;
-#ifdef PWLU_HAVE_AVX512_PATH
-  if constexpr (kHasAvx512Path<scalar_t>) {
-    if (count == 16 && tiles_available<scalar_t>(p.n)) {
-      done = avx512::forward_tile(x, y, channels, channels, p);
+// The (slope, intercept) tables of one task's channel group, for the tile path, built by the
+// task that uses them: a group's tables (16 KiB) stay in that core's L1, where tables of every
+// channel shared by all cores were as large as a (64, 1024) input and were slower than no
+// tables. Entries padded to 32 for avx512::load_table; only for N + 2 <= 32.
+template <typename acc_t>
+struct GroupTables {
+  static constexpr int kEntries = 32;
+  int n;
+  PwluRange<acc_t> ranges[kRowGroup];
+  acc_t slopes[kRowGroup * kEntries];
+  acc_t intercepts[kRowGroup * kEntries];
+
+  // Channels [0, count) of p (a view from the group's first channel).
+  GroupTables(const RowView<acc_t>& p, int64_t count) : n(p.n) {
+    for (int64_t c = 0; c < count; ++c) {
+      ranges[c] = p.range(c);
+      acc_t* so = slopes + c * kEntries;
+      acc_t* io = intercepts + c * kEntries;
+      build_table(p.points + c * (n + 1), ranges[c], p.left_slope[c], p.right_slope[c], so, io);
+      std::fill(so + n + 2, so + kEntries, acc_t(0));
+      std::fill(io + n + 2, io + kEntries, acc_t(0));
     }
   }
-#endif
-  if (done == channels) return;
-  for (int64_t i = 0; i < count; ++i) {
-    forward_row_fast(x + i * channels + done, y + i * channels + done, channels - done,
-                     p.from(done));
-  }
+  const acc_t* slopes_of(int64_t c) const { return slopes + c * kEntries; }
+  const acc_t* intercepts_of(int64_t c) const { return intercepts + c * kEntries; }
+};
+
+// Calls fn(first_row, last_row, c0, count) for tasks of rows [first_row, last_row) x channels
+// [c0, c0 + count), in parallel. Blocks of rows hold a multiple of 16 rows and about kGrain
+// elements; their count depends on the shape only.
+template <typename Fn>
+void parallel_row_groups(const PwluLayout& layout, const Fn& fn) {
+  const int64_t channels = layout.channels;
+  const int64_t groups = (channels + kRowGroup - 1) / kRowGroup;
+  const int64_t rows_per_block =
+      std::max<int64_t>(16, kGrain / std::min(channels, kRowGroup) / 16 * 16);
+  const int64_t blocks = (layout.outer + rows_per_block - 1) / rows_per_block;
+  at::parallel_for(0, blocks * groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t first = (task / groups) * rows_per_block;
+      const int64_t c0 = (task % groups) * kRowGroup;
+      fn(first, std::min(layout.outer, first + rows_per_block), c0,
+         std::min(kRowGroup, channels - c0));
+    }
+  });
 }
 
-// grad_x of `count` rows, as forward_rows.
-template <typename scalar_t, typename acc_t>
-void input_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t count,
-                     int64_t channels, const RowView<acc_t>& p) {
-  int64_t done = 0;
-#ifdef PWLU_HAVE_AVX512_PATH
-  if constexpr (kHasAvx512Path<scalar_t>) {
-    if (count == 16 && tiles_available<scalar_t>(p.n)) {
-      done = avx512::input_grad_tile(g, x, gx, channels, channels, p);
+// Rows [first, last) of a channel group: blocks of 16 rows through `tile` (which returns the
+// channels it did, a multiple of 16) where there are tables, everything else row by row
+// through `row(r, from)` (channels from `from` on).
+template <typename Tile, typename Row>
+void rows_of_group(int64_t first, int64_t last, int64_t count, bool tiles, const Tile& tile,
+                   const Row& row) {
+  int64_t r = first;
+  for (; tiles && r + 16 <= last; r += 16) {
+    const int64_t done = tile(r);
+    if (done < count) {
+      for (int64_t i = 0; i < 16; ++i) row(r + i, done);
     }
   }
-#endif
-  if (done == channels) return;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t base = i * channels + done;
-    input_grad_row_fast(g + base, x + base, gx + base, channels - done, p.from(done));
-  }
+  for (; r < last; ++r) row(r, 0);
+}
+
+// Interleaved rows by channel groups: tile(base, count, tables) for blocks of 16 rows where the
+// tile path is available (returns the channels it did), row(base, count, view) for the rest;
+// base is the offset of the group's (or the remaining channels') first element in the row.
+template <typename scalar_t, typename acc_t, typename Tile, typename Row>
+void for_each_row_group(const PwluLayout& layout, const RowView<acc_t>& view, const Tile& tile,
+                        const Row& row) {
+  const int64_t channels = layout.channels;
+  const bool tiles = tiles_available<scalar_t>(view.n);
+  parallel_row_groups(layout, [&](int64_t first, int64_t last, int64_t c0, int64_t count) {
+    const RowView<acc_t> group = view.from(c0);
+    std::unique_ptr<GroupTables<acc_t>> tab;
+    if (tiles && last - first >= 16) tab = std::make_unique<GroupTables<acc_t>>(group, count);
+    rows_of_group(
+        first, last, count, tab != nullptr,
+        [&](int64_t r) { return tile(r * channels + c0, count, *tab); },
+        [&](int64_t r, int64_t from) {
+          row(r * channels + c0 + from, count - from, group.from(from));
+        });
+  });
 }
 
 // ------------------------------------------------------------------- parameter gradients
@@ -546,19 +595,6 @@ void parallel_runs(const PwluLayout& layout, bool shared, const Fn& fn) {
                    });
 }
 
-// Calls fn(first_row, count) for blocks of 16 rows (the last one shorter) of C interleaved
-// channels (inner == 1), in parallel.
-template <typename Fn>
-void parallel_row_tiles(const PwluLayout& layout, const Fn& fn) {
-  const int64_t tiles = (layout.outer + 15) / 16;
-  at::parallel_for(0, tiles, std::max<int64_t>(1, kGrain / (16 * layout.channels)),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t t = begin; t < end; ++t) {
-                       fn(t * 16, std::min<int64_t>(16, layout.outer - t * 16));
-                     }
-                   });
-}
-
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
                     const PwluParams& params) {
@@ -575,10 +611,19 @@ void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
     return;
   }
   const CpuRows<acc_t> rows(params);
-  const int64_t channels = layout.channels;
-  parallel_row_tiles(layout, [&](int64_t first, int64_t count) {
-    forward_rows(x + first * channels, y + first * channels, count, channels, rows.view);
-  });
+  for_each_row_group<scalar_t>(
+      layout, rows.view,
+      [&](int64_t base, int64_t count, const GroupTables<acc_t>& tab) -> int64_t {
+#ifdef PWLU_HAVE_AVX512_PATH
+        if constexpr (kHasAvx512Path<scalar_t>) {
+          return avx512::forward_tile(x + base, y + base, layout.channels, count, tab);
+        }
+#endif
+        return 0;
+      },
+      [&](int64_t base, int64_t count, const RowView<acc_t>& p) {
+        forward_row_fast(x + base, y + base, count, p);
+      });
 }
 
 // -------------------------------------------------------------------------------- backward
@@ -595,11 +640,20 @@ void input_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
     return;
   }
   const CpuRows<acc_t> rows(params);
-  const int64_t channels = layout.channels;
-  parallel_row_tiles(layout, [&](int64_t first, int64_t count) {
-    const int64_t base = first * channels;
-    input_grad_rows(g + base, x + base, gx + base, count, channels, rows.view);
-  });
+  for_each_row_group<scalar_t>(
+      layout, rows.view,
+      [&](int64_t base, int64_t count, const GroupTables<acc_t>& tab) -> int64_t {
+#ifdef PWLU_HAVE_AVX512_PATH
+        if constexpr (kHasAvx512Path<scalar_t>) {
+          return avx512::input_grad_tile(g + base, x + base, gx + base, layout.channels, count,
+                                         tab);
+        }
+#endif
+        return 0;
+      },
+      [&](int64_t base, int64_t count, const RowView<acc_t>& p) {
+        input_grad_row_fast(g + base, x + base, gx + base, count, p);
+      });
 }
 
 // Work blocks of the flat (layer-wise) and row paths: a count that depends on the shape only,
@@ -667,13 +721,10 @@ void param_grad_runs(const scalar_t* g, const scalar_t* x, scalar_t* gx,
   histogram_to_param_grads(hist.data(), tab.slopes_of(0), tab.ranges[0], out, 0);
 }
 
-// Interleaved rows: as param_grad_runs, with the point form. Tasks own groups of kRowGroup
-// channels (a whole number of cache lines of a float row) over a block of rows, so that the
-// histograms need no per-thread copies; blocks of rows (a count that depends on the shape only)
-// are added in block order. Adjacent elements are different channels: the scatter has no chains
-// to break.
-constexpr int64_t kRowGroup = 64;
-
+// Interleaved rows: as param_grad_runs, with the point form (tiles: tables). Tasks own groups of
+// kRowGroup channels over a block of rows, so that the histograms need no per-thread copies;
+// blocks of rows (a count that depends on the shape only) are added in block order. Adjacent
+// elements are different channels: the scatter has no chains to break.
 template <typename scalar_t, typename acc_t>
 void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
                      const PwluLayout& layout, const CpuRows<acc_t>& rows,
@@ -720,23 +771,29 @@ void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
         scatter_piece(scratch, count - first, 1, (count - first) * width, hist + first * width,
                       unused);
       };
-      int64_t r = b * rows_per_block;
-#ifdef PWLU_HAVE_AVX512_PATH
-      if constexpr (kHasAvx512Path<scalar_t>) {
-        // Blocks of 16 rows by tiles; each channel still sees its rows in order.
-        for (; tiles && r + 16 <= last; r += 16) {
-          const int64_t base = r * channels + c0;
-          const int64_t done = avx512::prepass_tile(
-              g + base, x + base, channels, gx ? gx + base : gx_scratch.data(),
-              gx ? channels : count, count, group, scratch.slot.data(), scratch.pairs.data());
-          scatter_tile(scratch, done, hist);
-          if (done < count) {
-            for (int64_t i = 0; i < 16; ++i) row(r + i, done);
-          }
-        }
+      const int64_t first_row = b * rows_per_block;
+      std::unique_ptr<GroupTables<acc_t>> tab;
+      if (tiles && last - first_row >= 16) {
+        tab = std::make_unique<GroupTables<acc_t>>(group, count);
       }
+      // Each channel still sees its rows in order.
+      rows_of_group(
+          first_row, last, count, tab != nullptr,
+          [&](int64_t r) -> int64_t {
+#ifdef PWLU_HAVE_AVX512_PATH
+            if constexpr (kHasAvx512Path<scalar_t>) {
+              const int64_t base = r * channels + c0;
+              const int64_t done = avx512::prepass_tile(
+                  g + base, x + base, channels, gx ? gx + base : gx_scratch.data(),
+                  gx ? channels : count, count, *tab, scratch.slot.data(),
+                  scratch.pairs.data());
+              scatter_tile(scratch, done, hist);
+              return done;
+            }
 #endif
-      for (; r < last; ++r) row(r, 0);
+            return 0;
+          },
+          row);
       // With one block of rows the group's sums are complete.
       if (blocks == 1) convert(block_hist.data(), c0, c0 + count);
     }
