@@ -293,6 +293,14 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512
   }
 }
 
+// Prefetches (into L2) a 16-channel column of the tile after next (rows 32..47): a tile reads 16
+// rows a row length apart, a pattern the hardware prefetchers follow poorly (the forward of a
+// channels-last 2 x 64 x 200 x 304 input waited on its loads: 4.9 ms without, 3.3-3.8 with).
+template <typename scalar_t>
+__attribute__((always_inline)) inline void prefetch_next_tile(const scalar_t* p, int64_t stride) {
+  for (int i = 32; i < 48; ++i) __builtin_prefetch(p + i * stride, 0, 2);
+}
+
 // Forward of a tile of 16 rows (row i at x + i * stride) and `channels` channels, in blocks of
 // 16. Returns the number of leading channels done.
 template <typename scalar_t, typename Tables>
@@ -302,6 +310,7 @@ __attribute__((target("avx512f"))) int64_t forward_tile(const scalar_t* x, scala
   const __m512 vn = _mm512_set1_ps(static_cast<float>(tab.n));
   int64_t c = 0;
   for (; c + 16 <= channels; c += 16) {
+    prefetch_next_tile(x + c, stride);
     __m512 v[16];
     for (int i = 0; i < 16; ++i) v[i] = load(x + i * stride + c);
     transpose16(v);
@@ -325,6 +334,8 @@ __attribute__((target("avx512f"), always_inline)) inline void load_tiles(const s
                                                                          int64_t stride,
                                                                          __m512* xv,
                                                                          __m512* gv) {
+  prefetch_next_tile(x, stride);
+  prefetch_next_tile(g, stride);
   for (int i = 0; i < 16; ++i) {
     xv[i] = load(x + i * stride);
     gv[i] = load(g + i * stride);
