@@ -32,7 +32,7 @@ def test_constructor_validation_and_repr():
         PWLU(4, num_intervals=5)
     with pytest.raises(ValueError, match='mode'):
         PWLU(4, mode='pixel')
-    layer = PWLU(4, num_intervals=8, inplace=True)  # inplace is accepted (ConvModule passes it)
+    layer = PWLU(4, num_intervals=8, inplace=True)  # ConvModule passes it
     assert layer.points.shape == (4, 9)
     assert all(getattr(layer, n).shape == (4, ) for n in PARAMS[1:])
     assert 'num_channels=4' in repr(layer) and 'num_intervals=8' in repr(layer)
@@ -408,3 +408,33 @@ def test_eval_valid_range_cache_follows_parameter_changes():
     assert torch.isfinite(second).all()
     torch.testing.assert_close(second, expected)
     assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize('inplace', [False, True])
+def test_inplace_only_for_inference(inplace):
+    """inplace=True writes into the input in phase-II inference only: training and phase I
+    return new tensors, and the results are the same either way."""
+    torch.manual_seed(0)
+    layer = PWLU(6, inplace=inplace)
+    layer.train()
+    layer(torch.randn(4, 6, 5, 5))
+    layer.realign()
+    x = torch.randn(4, 6, 5, 5)
+    expected = pwlu(x, layer.points, *layer.valid_range(), layer.left_slope,
+                    layer.right_slope).detach()
+    # Training: never in place.
+    xt = x.clone()
+    y = layer(xt)
+    assert y.data_ptr() != xt.data_ptr() and torch.equal(xt, x)
+    # Inference under no_grad: in place exactly when asked.
+    layer.eval()
+    xi = x.clone()
+    with torch.no_grad():
+        y = layer(xi)
+    assert (y.data_ptr() == xi.data_ptr()) == inplace
+    torch.testing.assert_close(y, expected)
+    # Eval with autograd on (e.g. input gradients of a frozen model): a new tensor.
+    xg = x.clone().requires_grad_()
+    y = layer(xg)
+    assert y.data_ptr() != xg.data_ptr()
+

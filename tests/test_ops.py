@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from pwlu_mmdet.ops import compiled_available, pwlu, pwlu_reference
+from pwlu_mmdet.ops import compiled_available, pwlu, pwlu_, pwlu_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.needs_cuda)]
@@ -203,6 +203,39 @@ def test_gradcheck_float64(device, layer_wise):
     x = make_input((2, 3, 4, 5), torch.float64, device).requires_grad_()
     params = [p.requires_grad_() for p in make_params(3, 6, layer_wise, device=device)]
     assert torch.autograd.gradcheck(pwlu, (x, *params))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'noncontiguous'])
+@pytest.mark.parametrize('shape', [(2, 37, 5, 7), (40, 37, 1, 1)], ids=['map', 'rows'])
+def test_inplace_matches_pwlu(device, dtype, layout, shape):
+    """pwlu_ writes pwlu(x) into x (infinities included, on every path: runs, rows, row tiles,
+    and the copy for strided x) and bumps x's version."""
+    x = make_input(shape, dtype, device, layout)
+    x[::2, ::3] = float('-inf')
+    x[1::2, 1::5] = float('inf')
+    params = make_params(shape[1], 16, dtype=torch.float32, device=device)
+    params[3].view(-1)[::2] = 0.0
+    expected = pwlu(x, *params)
+    version = x._version
+    with torch.no_grad():
+        out = pwlu_(x, *params)
+    assert out is x and x._version > version
+    torch.testing.assert_close(x, expected, atol=0, rtol=0)
+
+
+def test_inplace_refuses_autograd_and_compiles():
+    params = make_params(3, 4, dtype=torch.float32)
+    x = make_input((2, 3, 4, 5), torch.float32, 'cpu').requires_grad_()
+    with pytest.raises(RuntimeError, match='no backward'):
+        pwlu_(x.clone(), *params)
+    with torch.no_grad():
+        expected = pwlu(x, *params)
+        y = x.detach().clone()
+        torch.compile(lambda t: pwlu_(t, *params), fullgraph=True)(y)
+    torch.testing.assert_close(y, expected, atol=0, rtol=0)
+    torch.library.opcheck(torch.ops.pwlu_mmdet.pwlu_.default, (x.detach().clone(), *params))
 
 
 @pytest.mark.parametrize('device', DEVICES)

@@ -7,6 +7,11 @@ TORCH_LIBRARY(pwlu_mmdet, m) {
   m.def(
       "pwlu(Tensor x, Tensor points, Tensor left_bound, Tensor right_bound, "
       "Tensor left_slope, Tensor right_slope) -> Tensor");
+  // In place, for inference (no backward): x becomes pwlu(x). Returns nothing, so that
+  // torch.compile can functionalize it (custom ops may not return aliases of their inputs).
+  m.def(
+      "pwlu_(Tensor(a!) x, Tensor points, Tensor left_bound, Tensor right_bound, "
+      "Tensor left_slope, Tensor right_slope) -> ()");
   // Gradients w.r.t. (x, points, left_bound, right_bound, left_slope, right_slope). Those not
   // asked for come back as empty tensors of shape (0,): phase I skips the parameter reductions.
   m.def(

@@ -82,9 +82,11 @@ class PWLU(nn.Module):
             ``relu`` directly). Defaults to 3.0, the 3-sigma range of unit-variance input.
         momentum (float): EMA momentum ``m`` of the running statistics. Defaults to 0.1.
         sigma (float): Width of the reset range in standard deviations (Eq. 6). Defaults to 3.0.
-        inplace (bool): Accepted for compatibility with MMCV's ``ConvModule``, which passes it to
-            every activation; ignored (the output is always a new tensor, because autograd needs
-            the input of the PWLU backward). Defaults to False.
+        inplace (bool): Write the output into the input where that is safe: in phase II under
+            ``torch.no_grad()`` / ``torch.inference_mode()`` (inference), as ``ReLU(inplace=True)``
+            does, saving the output allocation. Training always returns a new tensor (autograd
+            needs the input of the PWLU backward). MMCV's ``ConvModule`` passes True. Defaults to
+            False.
         range_eps (float): Smallest allowed range, relative to ``max(1, |B_L|, |B_R|)``. If
             training pushes ``B_R`` below ``B_L + range_eps * scale``, the forward uses
             ``B_L + range_eps * scale`` instead (a clamp, differentiable almost everywhere), so the
@@ -137,7 +139,7 @@ class PWLU(nn.Module):
         self.init_bound = float(init_bound)
         self.momentum = float(momentum)
         self.sigma = float(sigma)
-        self.inplace = inplace  # ignored, see the docstring
+        self.inplace = inplace  # used by inference only, see the docstring
         self.range_eps = float(range_eps)
         self.eval_impl = eval_impl
 
@@ -345,8 +347,10 @@ class PWLU(nn.Module):
                 # Inference: the valid range changes only with the parameters, so it is cached
                 # like the tables (it is a handful of small ops, as costly as a small layer).
                 left_bound, right_bound = self._cached_valid_range()
-                return pwlu(x, self.points, left_bound, right_bound, self.left_slope,
-                            self.right_slope)
+                # In place only where no autograd graph can need x (as relu_ in ConvModule).
+                forward = ops.pwlu_ if self.inplace and not torch.is_grad_enabled() else pwlu
+                return forward(x, self.points, left_bound, right_bound, self.left_slope,
+                               self.right_slope)
         left_bound, right_bound = self.valid_range()
         return pwlu(x, self.points, left_bound, right_bound, self.left_slope, self.right_slope)
 

@@ -8,8 +8,8 @@ import torch
 from ._op import compiled_available, warn_fallback
 from .reference import pwlu_reference, relu_with_moments_reference
 
-__all__ = ['pwlu', 'pwlu_reference', 'relu_with_moments', 'relu_with_moments_reference',
-           'compiled_available']
+__all__ = ['pwlu', 'pwlu_', 'pwlu_reference', 'relu_with_moments',
+           'relu_with_moments_reference', 'compiled_available']
 
 if compiled_available():
 
@@ -35,6 +35,17 @@ if compiled_available():
         return torch.ops.pwlu_mmdet.pwlu.default(x, points, left_bound, right_bound, left_slope,
                                                  right_slope)
 
+    def pwlu_(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tensor,
+              right_bound: torch.Tensor, left_slope: torch.Tensor,
+              right_slope: torch.Tensor) -> torch.Tensor:
+        """In-place ``pwlu`` for inference (as ``relu_`` is to ``relu``): writes the output
+        into ``x`` and returns it, allocating nothing for a dense ``x``. It has no backward: it
+        raises where autograd would need one (use it under ``torch.no_grad()``).
+        """
+        torch.ops.pwlu_mmdet.pwlu_.default(x, points, left_bound, right_bound, left_slope,
+                                           right_slope)
+        return x
+
     def relu_with_moments(x: torch.Tensor, per_channel: bool = True):
         """PWLU's phase I in one pass: ``relu(x)`` and the statistics of ``x``.
 
@@ -53,4 +64,10 @@ if compiled_available():
 else:
     warn_fallback()
     pwlu = pwlu_reference
+
+    def pwlu_(x, points, left_bound, right_bound, left_slope, right_slope):
+        """In-place ``pwlu`` (pure-PyTorch fallback: computed, then copied into ``x``)."""
+        return x.copy_(pwlu_reference(x, points, left_bound, right_bound, left_slope,
+                                      right_slope))
+
     relu_with_moments = relu_with_moments_reference

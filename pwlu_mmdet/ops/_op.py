@@ -25,6 +25,10 @@ if _LOAD_ERROR is None:
         check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope)
         return torch.empty_like(x, memory_format=suggest_memory_format(x))
 
+    @torch.library.register_fake('pwlu_mmdet::pwlu_')
+    def _pwlu_inplace_fake(x, points, left_bound, right_bound, left_slope, right_slope):
+        check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope)
+
     @torch.library.register_fake('pwlu_mmdet::pwlu_backward')
     def _pwlu_backward_fake(grad_output, x, points, left_bound, right_bound, left_slope,
                             right_slope, input_grad, param_grads):

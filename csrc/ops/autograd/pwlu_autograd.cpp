@@ -5,6 +5,7 @@
 // (meta) kernels stay in Python (pwlu_mmdet/ops/_op.py); torch.compile traces through these.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
 namespace pwlu_mmdet {
@@ -42,6 +43,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_op(const at::Te
                              .findSchemaOrThrow("pwlu_mmdet::relu_with_moments", "")
                              .typed<decltype(relu_with_moments_op)>();
   return op.call(x, per_channel);
+}
+
+void pwlu_inplace_op(at::Tensor& x, const at::Tensor& points, const at::Tensor& left_bound,
+                     const at::Tensor& right_bound, const at::Tensor& left_slope,
+                     const at::Tensor& right_slope) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("pwlu_mmdet::pwlu_", "")
+                             .typed<decltype(pwlu_inplace_op)>();
+  op.call(x, points, left_bound, right_bound, left_slope, right_slope);
 }
 
 class PwluFunction : public torch::autograd::Function<PwluFunction> {
@@ -100,10 +110,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_autograd(const 
   return {out[0], out[1], out[2]};
 }
 
+// pwlu_ has no backward: it is for inference. Refused where autograd would need one; otherwise
+// it runs below autograd and bumps x's version, as in-place ATen ops do.
+void pwlu_inplace_autograd(at::Tensor& x, const at::Tensor& points,
+                           const at::Tensor& left_bound, const at::Tensor& right_bound,
+                           const at::Tensor& left_slope, const at::Tensor& right_slope) {
+  const bool needs_grad =
+      at::GradMode::is_enabled() &&
+      (x.requires_grad() || points.requires_grad() || left_bound.requires_grad() ||
+       right_bound.requires_grad() || left_slope.requires_grad() || right_slope.requires_grad());
+  TORCH_CHECK(!needs_grad,
+              "pwlu_: the in-place PWLU has no backward; use pwlu, or call it under "
+              "torch.no_grad() / torch.inference_mode()");
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    pwlu_inplace_op(x, points, left_bound, right_bound, left_slope, right_slope);
+  }
+  torch::autograd::increment_version(x);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pwlu_mmdet, Autograd, m) {
   m.impl("pwlu", &pwlu_autograd);
+  m.impl("pwlu_", &pwlu_inplace_autograd);
   m.impl("relu_with_moments", &relu_with_moments_autograd);
 }
 

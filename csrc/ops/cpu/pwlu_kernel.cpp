@@ -66,6 +66,19 @@ C10_ALWAYS_INLINE bool forward_run_impl(const scalar_t* __restrict__ x, scalar_t
   return suspect != 0;
 }
 
+// A run computed with forward_value in one pass, for the in-place op (pwlu_), where y is x and a
+// second pass (fix_infinities) could no longer read x. No __restrict__: x and y may be one array.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void forward_run_exact_impl(const scalar_t* x, scalar_t* y, int64_t len,
+                                              acc_t lb, acc_t inv, int n,
+                                              const acc_t* __restrict__ slopes,
+                                              const acc_t* __restrict__ intercepts) {
+  for (int64_t k = 0; k < len; ++k) {
+    y[k] = from_acc<scalar_t, acc_t>(
+        forward_value(static_cast<acc_t>(x[k]), lb, inv, n, slopes, intercepts));
+  }
+}
+
 // Per-channel parameters of interleaved rows for the point form, structure of arrays.
 template <typename acc_t>
 struct RowView {
@@ -88,10 +101,11 @@ struct RowView {
   }
 };
 
-// A row of C interleaved channels, channel c using set c.
+// A row of C interleaved channels, channel c using set c. No __restrict__: the in-place op
+// passes y == x (each element is read before it is written).
 template <typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE void forward_row_impl(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                                        int64_t channels, const RowView<acc_t>& p) {
+C10_ALWAYS_INLINE void forward_row_impl(const scalar_t* x, scalar_t* y, int64_t channels,
+                                        const RowView<acc_t>& p) {
   for (int64_t c = 0; c < channels; ++c) {
     y[c] = from_acc<scalar_t, acc_t>(forward_value_points(
         static_cast<acc_t>(x[c]), p.points + c * (p.n + 1), p.range(c), p.left_slope[c],
@@ -141,6 +155,10 @@ C10_ALWAYS_INLINE void input_grad_row_impl(const scalar_t* __restrict__ g,
                                    acc_t inv, int n, const acc_t* s, const acc_t* o) {          \
     return forward_run_impl<scalar_t, acc_t>(x, y, len, lb, inv, n, s, o);                      \
   }                                                                                             \
+  PWLU_CPU_CLONES void forward_run_exact(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb, \
+                                         acc_t inv, int n, const acc_t* s, const acc_t* o) {    \
+    forward_run_exact_impl<scalar_t, acc_t>(x, y, len, lb, inv, n, s, o);                       \
+  }                                                                                             \
   PWLU_CPU_CLONES void forward_row(const scalar_t* x, scalar_t* y, int64_t channels,           \
                                    const RowView<acc_t>& p) {                                   \
     forward_row_impl<scalar_t, acc_t>(x, y, channels, p);                                       \
@@ -164,9 +182,11 @@ template <typename scalar_t>
 constexpr bool kHasAvx512Path =
     std::is_same<scalar_t, float>::value || std::is_same<scalar_t, c10::BFloat16>::value;
 
+// Returns whether the caller must redo the run with fix_infinities (never when `exact`, the
+// in-place case, whose generic tail takes forward_run_exact).
 template <typename scalar_t, typename acc_t>
 bool forward_run_fast(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb, acc_t inv, int n,
-                      const acc_t* s, const acc_t* o) {
+                      const acc_t* s, const acc_t* o, bool exact) {
 #ifdef PWLU_HAVE_AVX512_PATH
   if constexpr (kHasAvx512Path<scalar_t>) {
     if (avx512::available() && avx512::fits(n)) {
@@ -177,6 +197,10 @@ bool forward_run_fast(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb, acc
     }
   }
 #endif
+  if (exact) {
+    forward_run_exact(x, y, len, lb, inv, n, s, o);
+    return false;
+  }
   return forward_run(x, y, len, lb, inv, n, s, o);
 }
 
@@ -595,15 +619,17 @@ void parallel_runs(const PwluLayout& layout, bool shared, const Fn& fn) {
                    });
 }
 
+// y may be x (the in-place op): every path reads an element before writing it.
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
                     const PwluParams& params) {
+  const bool in_place = static_cast<const void*>(x) == static_cast<const void*>(y);
   if (uses_runs(layout, params)) {
     const CpuTables<acc_t> tab(params);
     parallel_runs(layout, tab.shared(), [&](int64_t base, int64_t len, int64_t s) {
       const acc_t lb = tab.ranges[s].left_bound, inv = tab.ranges[s].inv_width;
       if (forward_run_fast(x + base, y + base, len, lb, inv, tab.n, tab.slopes_of(s),
-                           tab.intercepts_of(s))) {
+                           tab.intercepts_of(s), /*exact=*/in_place)) {
         fix_infinities(x + base, y + base, len, lb, inv, tab.n, tab.slopes_of(s),
                        tab.intercepts_of(s));
       }
@@ -821,6 +847,26 @@ at::Tensor pwlu_forward_cpu(const at::Tensor& x, const at::Tensor& points,
   return y;
 }
 
+// pwlu_: the forward written into x, for inference (no output allocation; ReLU's counterpart
+// is relu_). An x that is not dense in its memory format is computed out of place and copied.
+void pwlu_inplace_cpu(at::Tensor& x, const at::Tensor& points, const at::Tensor& left_bound,
+                      const at::Tensor& right_bound, const at::Tensor& left_slope,
+                      const at::Tensor& right_slope) {
+  const PwluCall call = prepare_call(x, points, left_bound, right_bound, left_slope, right_slope);
+  if (x.numel() == 0) return;
+  if (!call.x.is_same(x)) {
+    x.copy_(pwlu_forward_cpu(x, points, left_bound, right_bound, left_slope, right_slope));
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_inplace_cpu",
+                                  [&] {
+                                    using acc_t = at::opmath_type<scalar_t>;
+                                    scalar_t* data = x.data_ptr<scalar_t>();
+                                    forward_kernel<scalar_t, acc_t>(data, data, call.layout,
+                                                                    call.params);
+                                  });
+}
+
 PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
                             const at::Tensor& points, const at::Tensor& left_bound,
                             const at::Tensor& right_bound, const at::Tensor& left_slope,
@@ -857,6 +903,7 @@ PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
 
 TORCH_LIBRARY_IMPL(pwlu_mmdet, CPU, m) {
   m.impl("pwlu", &pwlu_forward_cpu);
+  m.impl("pwlu_", &pwlu_inplace_cpu);
   m.impl("pwlu_backward", &pwlu_backward_cpu);
 }
 

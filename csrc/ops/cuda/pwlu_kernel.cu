@@ -264,6 +264,13 @@ at::Tensor pwlu_forward_cuda(const at::Tensor& x, const at::Tensor& points,
   return y;
 }
 
+// pwlu_ on CUDA: out of place, then copied (the caching allocator makes the output cheap).
+void pwlu_inplace_cuda(at::Tensor& x, const at::Tensor& points, const at::Tensor& left_bound,
+                       const at::Tensor& right_bound, const at::Tensor& left_slope,
+                       const at::Tensor& right_slope) {
+  x.copy_(pwlu_forward_cuda(x, points, left_bound, right_bound, left_slope, right_slope));
+}
+
 PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
                              const at::Tensor& points, const at::Tensor& left_bound,
                              const at::Tensor& right_bound, const at::Tensor& left_slope,
@@ -326,6 +333,7 @@ PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
 
 TORCH_LIBRARY_IMPL(pwlu_mmdet, CUDA, m) {
   m.impl("pwlu", &pwlu_forward_cuda);
+  m.impl("pwlu_", &pwlu_inplace_cuda);
   m.impl("pwlu_backward", &pwlu_backward_cuda);
 }
 
