@@ -55,3 +55,6 @@ def test_bench_model_runs_each_activation():
     assert all(r['train_ms'] > 0 and r['inference_ms'] > 0 for r in results.values())
     table = bench.format_table(args, bench.combine_rounds([results]))
     assert '| PWLU |' in table
+    interleaved = bench.measure_interleaved(args, ['ReLU', 'PWLU'])
+    assert interleaved['PWLU']['num_pwlu'] == results['PWLU']['num_pwlu']
+    assert all(r['train_ms'] > 0 and r['inference_ms'] > 0 for r in interleaved.values())

@@ -4,13 +4,16 @@ with ReLU, Swish and PWLU at every activation site, as ratios to ReLU.
 Each activation runs in its own subprocess (a clean peak-memory reading); inside it, the model
 is built from the config with ``model.act_cfg.type`` set, PWLU layers are realigned (phase II, the
 expensive phase), and a fixed synthetic batch is timed: ``train`` = forward + backward +
-optimizer step, ``inference`` = ``model.test_step``. The subprocesses run in ``--rounds`` rounds
-(ReLU, Swish, PWLU, ReLU, ...) and each time is the median over rounds of the per-process
-medians, so that a machine whose speed drifts (shared CPUs) shifts every activation alike.
+optimizer step, ``inference`` = ``model.test_step``. The subprocesses run in ``--rounds`` rounds,
+each starting with another activation, and each time is the median over rounds of the
+per-process medians, so that a machine whose speed drifts (shared CPUs) shifts every activation
+alike. ``--interleaved`` instead builds every model in this process and alternates their steps
+(ReLU, Swish, PWLU, ReLU, ...), the steadiest ratio on a noisy machine, without memory figures.
 
 Example:
     python tools/bench_model.py configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py
     python tools/bench_model.py CONFIG --device cuda --image-size 800 1216 --batch-size 2
+    python tools/bench_model.py CONFIG --interleaved --repeat 30
 """
 import argparse
 import json
@@ -25,8 +28,12 @@ import time
 ACTIVATIONS = ('ReLU', 'Swish', 'PWLU')
 
 
-def measure(args) -> dict:
-    """Runs in the child process: one activation, returns its timings and peak memory."""
+def build_steps(args, activation: str):
+    """The model of one activation (PWLU realigned: phase II) and its timed steps.
+
+    Returns:
+        tuple: ``(model, train_step, infer_step, sync)``.
+    """
     import torch
     from mmdet.testing import demo_mm_inputs
     from mmdet.utils import register_all_modules
@@ -40,7 +47,7 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     cfg = Config.fromfile(args.config)
-    cfg.model.act_cfg = dict(type=args.activation)
+    cfg.model.act_cfg = dict(type=activation)
     model = MODELS.build(cfg.model).to(device)
     num_classes = _num_classes(cfg.model)
     h, w = args.image_size
@@ -49,7 +56,7 @@ def measure(args) -> dict:
                             with_mask=args.with_mask, device=str(device))
 
     model.train()
-    if args.activation == 'PWLU':
+    if activation == 'PWLU':
         # Phase I: gather statistics on one batch, then switch every layer to phase II.
         with torch.no_grad():
             model(**model.data_preprocessor(packed, True), mode='loss')
@@ -62,18 +69,31 @@ def measure(args) -> dict:
             torch.cuda.synchronize(device)
 
     def train_step():
+        model.train()
         loss, _ = model.parse_losses(model(**model.data_preprocessor(packed, True), mode='loss'))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     def infer_step():
+        model.eval()
         with torch.no_grad():
             model.test_step(packed)
 
+    return model, train_step, infer_step, sync
+
+
+def _count_pwlu(model) -> int:
+    return sum(type(m).__name__ == 'PWLU' for m in model.modules())
+
+
+def measure(args) -> dict:
+    """Runs in the child process: one activation, returns its timings and peak memory."""
+    import torch
+    device = torch.device(args.device)
+    model, train_step, infer_step, sync = build_steps(args, args.activation)
     results = {}
-    for name, fn, mode in (('train', train_step, True), ('inference', infer_step, False)):
-        model.train(mode)
+    for name, fn in (('train', train_step), ('inference', infer_step)):
         for _ in range(args.warmup):
             fn()
         sync()
@@ -91,7 +111,31 @@ def measure(args) -> dict:
     if device.type != 'cuda':
         # ru_maxrss is KiB on Linux: the process's peak resident memory over both phases.
         results['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results['num_pwlu'] = sum(type(m).__name__ == 'PWLU' for m in model.modules())
+    results['num_pwlu'] = _count_pwlu(model)
+    return results
+
+
+def measure_interleaved(args, activations) -> dict:
+    """All activations in this process, their steps interleaved (ReLU, Swish, PWLU, ReLU, ...),
+    so that drift in the machine's speed hits each alike; no memory figures."""
+    steps = {act: build_steps(args, act) for act in activations}
+    results = {act: {} for act in activations}
+    for name, index in (('train', 1), ('inference', 2)):
+        times = {act: [] for act in activations}
+        for _ in range(args.warmup):
+            for act in activations:
+                steps[act][index]()
+        for _ in range(args.repeat):
+            for act in activations:
+                fn, sync = steps[act][index], steps[act][3]
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[act].append((time.perf_counter() - t0) * 1e3)
+        for act in activations:
+            results[act][f'{name}_ms'] = statistics.median(times[act])
+    for act in activations:
+        results[act]['num_pwlu'] = _count_pwlu(steps[act][0])
     return results
 
 
@@ -124,7 +168,7 @@ def format_table(args, results: dict) -> str:
     mem_keys = [k for k in relu if k.endswith('_mb')]
     head = (f'{os.path.basename(args.config)}, {args.device}, batch {args.batch_size} x '
             f'{args.image_size[0]}x{args.image_size[1]}, median of {args.repeat} steps x '
-            f'{args.rounds} rounds, torch '
+            f'{"1 process, interleaved" if args.interleaved else f"{args.rounds} rounds"}, torch '
             f'{torch.__version__}, {torch.get_num_threads()} threads, '
             f'{platform.processor() or platform.machine()}')
     cols = ['train ms', 'x ReLU', 'inference ms', 'x ReLU'] + \
@@ -153,6 +197,8 @@ def parse_args(argv=None):
     parser.add_argument('--activations', nargs='+', default=list(ACTIVATIONS))
     parser.add_argument('--rounds', type=int, default=3,
                         help='subprocess rounds; times are medians over rounds')
+    parser.add_argument('--interleaved', action='store_true',
+                        help='all activations in one process, steps interleaved (no memory)')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -164,7 +210,15 @@ def main(argv=None):
         print(json.dumps(measure(args)))
         return
     order = ['ReLU'] + [a for a in args.activations if a != 'ReLU']
-    rounds = [{act: run_child(args, act) for act in order} for _ in range(args.rounds)]
+    if args.interleaved:
+        print(format_table(args, measure_interleaved(args, order)))
+        return
+    rounds = []
+    for i in range(args.rounds):
+        # Each round starts with another activation, so that none always runs first.
+        rotated = order[i % len(order):] + order[:i % len(order)]
+        results = {act: run_child(args, act) for act in rotated}
+        rounds.append({act: results[act] for act in order})
     print(format_table(args, combine_rounds(rounds)))
 
 
