@@ -179,6 +179,35 @@ def test_forward_backward_each_activation(path, act):
     assert len(results) == 1 and 'bboxes' in results[0].pred_instances
 
 
+def test_inplace_pwlu_inference_predicts_the_same():
+    """In phase-II inference the sites that mmdet runs as ReLU(inplace=True) run pwlu_ in
+    place; the detector's predictions are identical to those of out-of-place PWLU."""
+    torch.manual_seed(0)
+    cfg = small_cfg(MASK_RCNN.format('pwlu'))
+    cfg.model.test_cfg.rcnn.score_thr = 0.0  # an untrained model: keep every box
+    model = MODELS.build(cfg.model)
+    model.train()
+    data = batch(model)
+    with torch.no_grad():
+        model(**data, mode='loss')  # phase I statistics
+    realign_model(model)
+    model.eval()
+    sites = list(pwlu_sites(model).values())
+    assert 0 < sum(m.inplace for m in sites) < len(sites)  # both kinds of sites exist
+    with OpRecorder() as rec, torch.no_grad():
+        in_place = model(**copy.deepcopy(data), mode='predict')
+    assert any(op.startswith('pwlu_mmdet::pwlu_') for op in rec.ops)
+    for m in sites:
+        m.inplace = False
+    with torch.no_grad():
+        out_of_place = model(**copy.deepcopy(data), mode='predict')
+    assert sum(len(r.pred_instances) for r in in_place) > 0  # something to compare
+    for a, b in zip(in_place, out_of_place):
+        assert torch.equal(a.pred_instances.bboxes, b.pred_instances.bboxes)
+        assert torch.equal(a.pred_instances.scores, b.pred_instances.scores)
+        assert torch.equal(a.pred_instances.masks, b.pred_instances.masks)
+
+
 def test_recorder_sees_mmdet_relus():
     """Control for the recorder: nn.ReLU modules and mmdet's F.relu are recorded."""
     backbone = MODELS.build(dict(type='ResNet', depth=18, base_channels=8))
