@@ -87,6 +87,14 @@ def _count_pwlu(model) -> int:
     return sum(type(m).__name__ == 'PWLU' for m in model.modules())
 
 
+def timed_ms(fn, sync) -> float:
+    """Wall time of one step in milliseconds, the device synchronised."""
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def measure(args) -> dict:
     """Runs in the child process: one activation, returns its timings and peak memory."""
     import torch
@@ -99,12 +107,7 @@ def measure(args) -> dict:
         sync()
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times = [timed_ms(fn, sync) for _ in range(args.repeat)]
         results[f'{name}_ms'] = statistics.median(times)
         if device.type == 'cuda':
             results[f'{name}_peak_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -127,11 +130,7 @@ def measure_interleaved(args, activations) -> dict:
                 steps[act][index]()
         for _ in range(args.repeat):
             for act in activations:
-                fn, sync = steps[act][index], steps[act][3]
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                times[act].append((time.perf_counter() - t0) * 1e3)
+                times[act].append(timed_ms(steps[act][index], steps[act][3]))
         for act in activations:
             results[act][f'{name}_ms'] = statistics.median(times[act])
     for act in activations:

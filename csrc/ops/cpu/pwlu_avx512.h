@@ -344,6 +344,14 @@ __attribute__((target("avx512f"), always_inline)) inline void load_tiles(const s
   transpose16(gv);
 }
 
+// Interval coordinates of 16 rows of the tile's channel s.
+template <typename Tables>
+__attribute__((target("avx512f"), always_inline)) inline __m512 tile_coordinates(
+    __m512 x, const Tables& tab, int64_t s) {
+  return coordinates(x, _mm512_set1_ps(tab.ranges[s].left_bound),
+                     _mm512_set1_ps(tab.ranges[s].inv_width));
+}
+
 // grad_x = g * S_j of a tile (as forward_tile). Returns the number of leading channels done.
 template <typename scalar_t, typename Tables>
 __attribute__((target("avx512f"))) int64_t input_grad_tile(const scalar_t* g, const scalar_t* x,
@@ -356,8 +364,7 @@ __attribute__((target("avx512f"))) int64_t input_grad_tile(const scalar_t* g, co
     load_tiles(x + c, g + c, stride, xv, gv);
     for (int k = 0; k < 16; ++k) {
       const int64_t s = c + k;
-      const __m512i j = entries(xv[k], _mm512_set1_ps(tab.ranges[s].left_bound),
-                                _mm512_set1_ps(tab.ranges[s].inv_width), vn);
+      const __m512i j = entries_of(tile_coordinates(xv[k], tab, s), vn);
       gv[k] = _mm512_mul_ps(gv[k], lookup(load_table(tab.slopes_of(s)), j));
     }
     transpose16(gv);
@@ -384,8 +391,7 @@ __attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const
     load_tiles(x + c, g + c, stride, xv, gv);
     for (int k = 0; k < 16; ++k) {
       const int64_t s = c + k;
-      const __m512 t = coordinates(xv[k], _mm512_set1_ps(tab.ranges[s].left_bound),
-                                   _mm512_set1_ps(tab.ranges[s].inv_width));
+      const __m512 t = tile_coordinates(xv[k], tab, s);
       const __m512i j = entries_of(t, vn);
       const int64_t e = s * 16;
       _mm512_storeu_si512(slot + e, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(s) * width),

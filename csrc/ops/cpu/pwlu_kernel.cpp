@@ -43,6 +43,16 @@ constexpr int64_t kGrain = 32768;
 // whole (zero-padded) table with two plain vector loads (pwlu_avx512.h).
 inline int table_stride(int n) { return n + 2 <= 32 ? 32 : n + 2; }
 
+// A set's table (build_table) in `entries` >= N + 2 slots: the AVX-512 paths load all of them,
+// so the padding must hold numbers.
+template <typename acc_t>
+void build_padded_table(const acc_t* points, const PwluRange<acc_t>& r, acc_t left_slope,
+                        acc_t right_slope, int entries, acc_t* slopes, acc_t* intercepts) {
+  build_table(points, r, left_slope, right_slope, slopes, intercepts);
+  std::fill(slopes + r.num_intervals + 2, slopes + entries, acc_t(0));
+  std::fill(intercepts + r.num_intervals + 2, intercepts + entries, acc_t(0));
+}
+
 // Sets with at most this many table entries keep per-set scratch on the stack.
 constexpr int kMaxInlineEntries = 64;
 
@@ -280,15 +290,19 @@ struct GroupTables {
   GroupTables(const RowView<acc_t>& p, int64_t count) : n(p.n) {
     for (int64_t c = 0; c < count; ++c) {
       ranges[c] = p.range(c);
-      acc_t* so = slopes + c * kEntries;
-      acc_t* io = intercepts + c * kEntries;
-      build_table(p.points + c * (n + 1), ranges[c], p.left_slope[c], p.right_slope[c], so, io);
-      std::fill(so + n + 2, so + kEntries, acc_t(0));
-      std::fill(io + n + 2, io + kEntries, acc_t(0));
+      build_padded_table(p.points + c * (n + 1), ranges[c], p.left_slope[c], p.right_slope[c],
+                         kEntries, slopes + c * kEntries, intercepts + c * kEntries);
     }
   }
   const acc_t* slopes_of(int64_t c) const { return slopes + c * kEntries; }
   const acc_t* intercepts_of(int64_t c) const { return intercepts + c * kEntries; }
+
+  // A task's tables, or none where the tile path is unavailable or it has fewer than 16 rows.
+  static std::unique_ptr<GroupTables> for_task(bool tiles, int64_t rows,
+                                               const RowView<acc_t>& group, int64_t count) {
+    if (!tiles || rows < 16) return nullptr;
+    return std::make_unique<GroupTables>(group, count);
+  }
 };
 
 // Calls fn(first_row, last_row, c0, count) for tasks of rows [first_row, last_row) x channels
@@ -337,8 +351,7 @@ void for_each_row_group(const PwluLayout& layout, const RowView<acc_t>& view, co
   const bool tiles = tiles_available<scalar_t>(view.n);
   parallel_row_groups(layout, [&](int64_t first, int64_t last, int64_t c0, int64_t count) {
     const RowView<acc_t> group = view.from(c0);
-    std::unique_ptr<GroupTables<acc_t>> tab;
-    if (tiles && last - first >= 16) tab = std::make_unique<GroupTables<acc_t>>(group, count);
+    const auto tab = GroupTables<acc_t>::for_task(tiles, last - first, group, count);
     rows_of_group(
         first, last, count, tab != nullptr,
         [&](int64_t r) { return tile(r * channels + c0, count, *tab); },
@@ -471,19 +484,21 @@ C10_ALWAYS_INLINE void add_pair<float>(float* histogram, const float* v) {
 }
 #endif
 
-// The scatter-adds of a prepassed piece: histogram[slot] += (g, g * u).
-// Neighbouring elements of one set mostly share a slot, so a single histogram would chain every
-// add on the previous one through memory: `copies` interleaved histograms (element k into copy
-// k % copies, added at the end in copy order) keep that many adds in flight.
+// The scatter-adds of a prepassed piece: histogram[slot] += (g, g * u), element by element.
 template <typename acc_t>
-void scatter_piece(const PieceScratch<acc_t>& p, int64_t len, int copies, int64_t span,
-                   acc_t* histogram, std::vector<acc_t>& copy_buf) {
+void scatter_piece(const PieceScratch<acc_t>& p, int64_t len, acc_t* histogram) {
+  for (int64_t k = 0; k < len; ++k) add_pair(histogram + p.slot[k], p.pairs.data() + 2 * k);
+}
+
+// scatter_piece for a run of one set. Neighbouring elements mostly share a slot, so a single
+// histogram would chain every add on the previous one through memory: `copies` interleaved
+// histograms (element k into copy k % copies, added at the end in copy order) keep that many
+// adds in flight.
+template <typename acc_t>
+void scatter_piece_copies(const PieceScratch<acc_t>& p, int64_t len, int copies, int64_t span,
+                          acc_t* histogram, std::vector<acc_t>& copy_buf) {
   const int32_t* slot = p.slot.data();
   const acc_t* pairs = p.pairs.data();
-  if (copies == 1) {
-    for (int64_t k = 0; k < len; ++k) add_pair(histogram + slot[k], pairs + 2 * k);
-    return;
-  }
   copy_buf.assign(copies * span, acc_t(0));
   int64_t k = 0;
   for (; k + copies <= len; k += copies) {
@@ -530,8 +545,12 @@ void param_grad_run(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t 
     prepass_run_fast(g + start, x + start, gx ? gx + start : scratch.gx.data(), m, lb, inv, n,
                      slopes, scratch.piece.slot.data(), scratch.piece.pairs.data());
     std::fill(piece_hist.begin(), piece_hist.end(), acc_t(0));
-    scatter_piece(scratch.piece, m, /*copies=*/m >= 64 ? 4 : 1, width, piece_hist.data(),
-                  scratch.copies);
+    if (m >= 64) {
+      scatter_piece_copies(scratch.piece, m, /*copies=*/4, width, piece_hist.data(),
+                           scratch.copies);
+    } else {
+      scatter_piece(scratch.piece, m, piece_hist.data());
+    }
     for (int w = 0; w < width; ++w) histogram[w] += piece_hist[w];
   }
 }
@@ -559,12 +578,8 @@ struct CpuTables {
     at::parallel_for(0, p.num_sets, 256, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         ranges[s] = make_range<acc_t>(lb[s], rb[s], n);
-        acc_t* so = slopes.get() + s * entries;
-        acc_t* io = intercepts.get() + s * entries;
-        build_table(points + s * (n + 1), ranges[s], ls[s], rs[s], so, io);
-        // The AVX-512 path loads all `entries`: the padding must hold numbers.
-        std::fill(so + n + 2, so + entries, acc_t(0));
-        std::fill(io + n + 2, io + entries, acc_t(0));
+        build_padded_table(points + s * (n + 1), ranges[s], ls[s], rs[s], entries,
+                           slopes.get() + s * entries, intercepts.get() + s * entries);
       }
     });
   }
@@ -682,10 +697,10 @@ void input_grad_kernel(const scalar_t* g, const scalar_t* x, scalar_t* gx,
       });
 }
 
-// Work blocks of the flat (layer-wise) and row paths: a count that depends on the shape only,
-// so that the block order of the sums, and the result, never depend on the thread count.
-inline int64_t num_blocks(int64_t numel, int64_t rows) {
-  return std::max<int64_t>(1, std::min<int64_t>({numel / 65536, 64, rows}));
+// Work blocks of the flat (layer-wise) path: a count that depends on the shape only, so that
+// the block order of the sums, and the result, never depend on the thread count.
+inline int64_t flat_blocks(int64_t numel) {
+  return std::max<int64_t>(1, std::min<int64_t>(numel / 65536, 64));
 }
 
 // Adds block histograms (num_blocks x span) into out in block order.
@@ -728,7 +743,7 @@ void param_grad_runs(const scalar_t* g, const scalar_t* x, scalar_t* gx,
   }
   // Layer-wise: one flat run cut into blocks.
   const int64_t numel = layout.numel();
-  const int64_t blocks = num_blocks(numel, numel);
+  const int64_t blocks = flat_blocks(numel);
   const int64_t per_block = (numel + blocks - 1) / blocks;
   std::vector<acc_t> block_hist(blocks * width, acc_t(0));
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -781,7 +796,6 @@ void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
   at::parallel_for(0, blocks * groups, 1, [&](int64_t begin, int64_t end) {
     PieceScratch<acc_t> scratch(16 * kRowGroup);
     std::vector<scalar_t> gx_scratch(gx ? 0 : 16 * kRowGroup);
-    std::vector<acc_t> unused;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / groups;
       const int64_t c0 = (task % groups) * kRowGroup;
@@ -794,14 +808,10 @@ void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
         const int64_t base = r * channels + c0 + first;
         prepass_row_fast(g + base, x + base, gx ? gx + base : gx_scratch.data(), count - first,
                          group.from(first), scratch.slot.data(), scratch.pairs.data());
-        scatter_piece(scratch, count - first, 1, (count - first) * width, hist + first * width,
-                      unused);
+        scatter_piece(scratch, count - first, hist + first * width);
       };
       const int64_t first_row = b * rows_per_block;
-      std::unique_ptr<GroupTables<acc_t>> tab;
-      if (tiles && last - first_row >= 16) {
-        tab = std::make_unique<GroupTables<acc_t>>(group, count);
-      }
+      const auto tab = GroupTables<acc_t>::for_task(tiles, last - first_row, group, count);
       // Each channel still sees its rows in order.
       rows_of_group(
           first_row, last, count, tab != nullptr,
