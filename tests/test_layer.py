@@ -257,6 +257,30 @@ def test_degenerate_bounds_stay_finite(gap, mode):
         torch.testing.assert_close(layer(x.detach()), y.detach(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize('mode', ['channel', 'layer'])
+def test_training_guard_in_op_matches_valid_range(mode):
+    """The forward passes range_eps to the op, which guards the range in its kernels: output
+    and every gradient equal the op on valid_range() (the guard as torch ops), degenerate
+    ranges included."""
+    layer = _realigned(mode=mode)
+    with torch.no_grad():
+        layer.right_bound[0] = layer.left_bound[0]  # collapsed
+        if mode == 'channel':
+            layer.right_bound[1] = layer.left_bound[1] - 0.5  # flipped
+    x = _input(seed=6)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    layer(x1).backward(g)
+    got = [x1.grad] + [getattr(layer, n).grad.clone() for n in PARAMS]
+    layer.zero_grad()
+    pwlu(x2, layer.points, *layer.valid_range(), layer.left_slope,
+         layer.right_slope).backward(g)
+    expected = [x2.grad] + [getattr(layer, n).grad for n in PARAMS]
+    for name, a, b in zip(('x', ) + tuple(PARAMS), got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m: f'{name}: {m}')
+    assert layer.right_bound.grad[0] == 0
+
+
 def test_constant_channel_realigns_to_valid_range():
     layer = PWLU(2)
     layer(torch.full((4, 2, 3, 3), 2.0))
@@ -389,8 +413,8 @@ def test_registered_in_mmengine_models_with_and_without_scope():
         assert conv(torch.randn(1, 3, 5, 5)).shape == (1, 8, 3, 3)
 
 
-def test_eval_valid_range_cache_follows_parameter_changes():
-    """Inference caches the valid range; an in-place parameter change must refresh it."""
+def test_eval_follows_parameter_changes():
+    """Inference guards the range in every call: an in-place parameter change is seen."""
     torch.manual_seed(0)
     layer = PWLU(4)
     layer.train()

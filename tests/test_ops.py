@@ -48,21 +48,21 @@ def make_input(shape, dtype, device, layout='contiguous', seed=1):
     return x.to(device)
 
 
-def reference_float64(x, params):
+def reference_float64(x, params, range_eps=0.0):
     """Output and gradients of the reference, computed in float64 on the CPU."""
     x64 = x.detach().double().cpu().requires_grad_()
     p64 = [p.detach().double().cpu().requires_grad_() for p in params]
-    y = pwlu_reference(x64, *p64)
+    y = pwlu_reference(x64, *p64, range_eps)
     return x64, p64, y
 
 
-def check_op_against_reference(x, params, atol, rtol, param_rtol=1e-5):
+def check_op_against_reference(x, params, atol, rtol, param_rtol=1e-5, range_eps=0.0):
     x = x.detach().requires_grad_()
     params = [p.detach().requires_grad_() for p in params]
-    y = pwlu(x, *params)
+    y = pwlu(x, *params, range_eps)
     assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
 
-    x64, p64, y64 = reference_float64(x, params)
+    x64, p64, y64 = reference_float64(x, params, range_eps)
     torch.testing.assert_close(y.double().cpu(), y64.detach(), atol=atol, rtol=rtol)
 
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -247,8 +247,8 @@ def test_frozen_parameters_skip_their_gradients(device):
     x_ref = x.detach().clone().requires_grad_()
     pwlu_reference(x_ref, *params).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
-    grads = torch.ops.pwlu_mmdet.pwlu_backward(torch.ones_like(x), x.detach(), *params, True,
-                                               False)
+    grads = torch.ops.pwlu_mmdet.pwlu_backward(torch.ones_like(x), x.detach(), *params, 0.0,
+                                               True, False)
     assert all(g.numel() == 0 for g in grads[1:])
 
 
@@ -280,6 +280,92 @@ def test_torch_compile_fullgraph(device):
     y2.sum().backward()
     for a, b in zip([x1, *p1], [x2, *p2]):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+# ------------------------------------------------------------------------------ range guard
+def guarded_params(sets, device, dtype=torch.float32):
+    """Parameters whose ranges are, in turn, healthy, collapsed (B_R = B_L), flipped and just
+    below the minimum width (1e-3 * max(1, |B_L|, |B_R|) with range_eps=1e-3); a single
+    (layer-wise) set is collapsed."""
+    params = make_params(sets, 16, layer_wise=sets == 1, dtype=torch.float64)
+    lb, rb = params[1], params[2]
+    kinds = torch.arange(sets) % 4 if sets > 1 else torch.ones(1, dtype=torch.long)
+    rb[kinds == 1] = lb[kinds == 1]
+    rb[kinds == 2] = lb[kinds == 2] - 0.3
+    rb[kinds == 3] = lb[kinds == 3] + 0.5e-3
+    return [p.to(device=device, dtype=dtype) for p in params], kinds
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('case', ['map', 'channels_last', 'rows', 'row_tiles', 'layer'])
+def test_range_guard_matches_reference(device, dtype, case):
+    """range_eps: the op widens collapsed, flipped and too narrow ranges as the reference's
+    guard_range does, on every path (runs, interleaved rows, 16 x 16 row tiles, layer-wise), and
+    a clamped B_R passes its gradient on to B_L."""
+    shape = {'map': (2, 6, 5, 7), 'channels_last': (2, 37, 3, 5), 'rows': (9, 37),
+             'row_tiles': (48, 70), 'layer': (2, 6, 5, 7)}[case]
+    params, kinds = guarded_params(1 if case == 'layer' else shape[1], device, dtype)
+    x = make_input(shape, dtype, device,
+                   'channels_last' if case == 'channels_last' else 'contiguous')
+    lb = params[1].reshape((1, -1) + (1, ) * (x.dim() - 2))
+    if dtype == torch.float64:
+        # Half of x inside the widened ranges (about 1e-3 wide), the rest across all pieces.
+        inside = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+        x = torch.where(inside.to(device), x * 1e-3 + lb, x)
+    else:
+        # float32 keeps x out of the 1e-3-wide inner intervals, whose slopes of about 1e4 the
+        # table form (x * S + O) cannot resolve in float32; the outer pieces still depend on
+        # the widened B_R (and pass its gradient to B_L).
+        x = torch.where((x - lb).abs() < 0.01, lb - 0.01, x)
+    # float64: the table form's x * S + O with S about 1e4 loses about 4 more digits.
+    atol, rtol = (1e-9, 1e-7) if dtype == torch.float64 else TOL[dtype]
+    check_op_against_reference(x, params, atol, rtol, param_rtol=1e-5, range_eps=1e-3)
+    params = [p.detach().requires_grad_() for p in params]
+    pwlu(x, *params, 1e-3).sum().backward()
+    clamped = kinds != 0
+    assert (params[2].grad.cpu()[clamped] == 0).all()
+    assert (params[2].grad.cpu()[~clamped] != 0).all()
+    # Without the guard the same parameters give another (or no finite) function: the test can
+    # fail.
+    with torch.no_grad():
+        assert not torch.allclose(pwlu(x, *params), pwlu(x, *params, 1e-3), equal_nan=True)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_range_guard_keeps_healthy_ranges_bit_exact(device):
+    x = make_input((2, 6, 5, 7), torch.float32, device)
+    params = make_params(6, 16, dtype=torch.float32, device=device)
+    torch.testing.assert_close(pwlu(x, *params, 1e-3), pwlu(x, *params), atol=0, rtol=0)
+    with torch.no_grad():
+        y = x.clone()
+        pwlu_(y, *params, 1e-3)
+    torch.testing.assert_close(y, pwlu(x, *params), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_range_guard_gradcheck_and_opcheck(device):
+    params = make_params(4, 6, device=device)
+    # Healthy, collapsed, flipped and narrow ranges, all bounds inside [-1, 1] so that the
+    # guard's scale max(1, |B_L|, |B_R|) is 1: the op treats the scale as a constant, which
+    # finite differences would not where it depends on a bound.
+    params[1] = torch.tensor([-0.8, -0.5, -0.6, -0.7], dtype=torch.float64, device=device)
+    params[2] = torch.tensor([0.9, -0.5, -0.75, -0.69], dtype=torch.float64, device=device)
+    params = [p.requires_grad_() for p in params]
+    # range_eps 0.2: intervals wide enough for gradcheck's finite differences.
+    x = (make_input((2, 4, 3, 5), torch.float64, device) * 0.2
+         + params[1].detach().reshape(1, -1, 1, 1)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: pwlu(*a, 0.2), (x, *params))
+    torch.library.opcheck(torch.ops.pwlu_mmdet.pwlu.default, (x.float(), *[
+        p.detach().float().requires_grad_() for p in params], 1e-3))
+
+
+@pytest.mark.parametrize('impl', [pwlu, pwlu_reference], ids=['op', 'reference'])
+@pytest.mark.parametrize('range_eps', [-1e-3, float('nan'), float('inf')])
+def test_bad_range_eps(impl, range_eps):
+    x = make_input((2, 3, 4, 5), torch.float32, 'cpu')
+    with pytest.raises(ValueError, match='range_eps must be a finite number >= 0'):
+        impl(x, *make_params(3, 4, dtype=torch.float32), range_eps)
 
 
 BAD_CALLS = {

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <tuple>
 
 #include "pwlu_element.h"
@@ -53,6 +54,11 @@ inline int64_t check_pwlu_args(const at::Tensor& x, const at::Tensor& points,
   return points.size(1) - 1;
 }
 
+inline void check_range_eps(double range_eps) {
+  TORCH_CHECK_VALUE(range_eps >= 0 && std::isfinite(range_eps),
+                    "pwlu: range_eps must be a finite number >= 0, got ", range_eps);
+}
+
 // Checks the input of relu_with_moments.
 inline void check_relu_with_moments_args(const at::Tensor& x) {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
@@ -98,18 +104,26 @@ struct PwluParams {
   at::Tensor points, left_bound, right_bound, left_slope, right_slope;
   int64_t num_sets;
   int64_t num_intervals;
+  double range_eps;  // make_range's guard of B_R; 0: none
+
+  template <typename acc_t>
+  PwluRange<acc_t> range(acc_t left, acc_t right) const {
+    return make_range<acc_t>(left, right, static_cast<int>(num_intervals),
+                             static_cast<acc_t>(range_eps));
+  }
 };
 
 inline PwluParams make_params(const at::Tensor& points, const at::Tensor& left_bound,
                               const at::Tensor& right_bound, const at::Tensor& left_slope,
-                              const at::Tensor& right_slope, at::ScalarType acc_type) {
+                              const at::Tensor& right_slope, double range_eps,
+                              at::ScalarType acc_type) {
   // Parameters normally arrive in the compute type and contiguous: skip the dispatcher calls
   // (a few microseconds per call, which small inputs notice).
   auto prep = [acc_type](const at::Tensor& t) {
     return t.scalar_type() == acc_type && t.is_contiguous() ? t : t.to(acc_type).contiguous();
   };
-  return {prep(points),     prep(left_bound),  prep(right_bound), prep(left_slope),
-          prep(right_slope), points.size(0),   points.size(1) - 1};
+  return {prep(points),      prep(left_bound), prep(right_bound),  prep(left_slope),
+          prep(right_slope), points.size(0),   points.size(1) - 1, range_eps};
 }
 
 // float for float16 / bfloat16 / float32, double for double: the kernels' arithmetic type.
@@ -128,12 +142,14 @@ struct PwluCall {
 
 inline PwluCall prepare_call(const at::Tensor& x, const at::Tensor& points,
                              const at::Tensor& left_bound, const at::Tensor& right_bound,
-                             const at::Tensor& left_slope, const at::Tensor& right_slope) {
+                             const at::Tensor& left_slope, const at::Tensor& right_slope,
+                             double range_eps) {
   check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope);
+  check_range_eps(range_eps);
   const at::MemoryFormat format = output_memory_format(x);
   const at::Tensor xc = x.contiguous(format);
   return {format, xc, make_layout(xc, format),
-          make_params(points, left_bound, right_bound, left_slope, right_slope,
+          make_params(points, left_bound, right_bound, left_slope, right_slope, range_eps,
                       compute_type(x))};
 }
 
@@ -157,11 +173,11 @@ inline PwluBackwardCall prepare_backward(const at::Tensor& grad_output, const at
                                          const at::Tensor& points, const at::Tensor& left_bound,
                                          const at::Tensor& right_bound,
                                          const at::Tensor& left_slope,
-                                         const at::Tensor& right_slope, bool input_grad,
-                                         bool param_grads) {
+                                         const at::Tensor& right_slope, double range_eps,
+                                         bool input_grad, bool param_grads) {
   PwluBackwardCall call;
   static_cast<PwluCall&>(call) =
-      prepare_call(x, points, left_bound, right_bound, left_slope, right_slope);
+      prepare_call(x, points, left_bound, right_bound, left_slope, right_slope, range_eps);
   TORCH_CHECK_VALUE(grad_output.sizes() == x.sizes(), "pwlu_backward: grad_output has shape ",
                     grad_output.sizes(), " but x has ", x.sizes());
   TORCH_CHECK_VALUE(grad_output.device() == x.device(), "pwlu_backward: grad_output is on ",

@@ -27,17 +27,36 @@ namespace ops {
 template <typename acc_t>
 struct PwluRange {
   acc_t left_bound;
-  acc_t right_bound;
-  acc_t inv_width;  // N / (B_R - B_L): maps x to the interval coordinate t
-  acc_t step;       // d = (B_R - B_L) / N, the width of one interval
+  acc_t right_bound;  // as computed with: B_R, or its guarded value (make_range)
+  acc_t inv_width;    // N / (B_R - B_L): maps x to the interval coordinate t
+  acc_t step;         // d = (B_R - B_L) / N, the width of one interval
   int num_intervals;
+  bool right_clamped;  // B_R was replaced by B_L + min width: its gradient goes to B_L
 };
 
-// The op computes the function as given; keeping B_R > B_L is the layer's job (PWLU module).
+// The range of a set. With range_eps > 0 the op applies the PWLU layer's guard against a
+// collapsed or flipped range: where B_R - B_L < range_eps * max(1, |B_L|, |B_R|) (or B_R is
+// NaN), B_R becomes B_L + range_eps * max(1, |B_L|, |B_R|), so the op never divides by zero or
+// flips its range. The scale is a constant for the gradients, so a clamped B_R passes its
+// gradient on to B_L (histogram_to_param_grads). With range_eps = 0, B_R is used as given.
 template <typename acc_t>
 C10_HOST_DEVICE inline PwluRange<acc_t> make_range(acc_t left_bound, acc_t right_bound,
-                                                   int num_intervals) {
+                                                   int num_intervals, acc_t range_eps) {
   PwluRange<acc_t> r;
+  r.right_clamped = false;
+  if (range_eps > acc_t(0)) {
+    // max(1, |B_L|, |B_R|), NaN if either bound is (as torch.maximum).
+    const acc_t al = left_bound < acc_t(0) ? -left_bound : left_bound;
+    const acc_t ar = right_bound < acc_t(0) ? -right_bound : right_bound;
+    acc_t scale = acc_t(1);
+    scale = (al > scale || al != al) ? al : scale;
+    scale = (ar > scale || ar != ar) ? ar : scale;
+    const acc_t min_width = range_eps * scale;
+    if (!(right_bound - left_bound >= min_width)) {
+      right_bound = left_bound + min_width;
+      r.right_clamped = true;
+    }
+  }
   r.left_bound = left_bound;
   r.right_bound = right_bound;
   r.inv_width = acc_t(num_intervals) / (right_bound - left_bound);
@@ -256,8 +275,9 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE void add_bound_terms(const acc_t* histogram,
 //   left piece  (j = 0):     dY_0 += A, dK_L = B / inv_width (= sum g (x - B_L)), dB_L -= K_L A
 //   right piece (j = N + 1): dY_N += A, dK_R = B / inv_width (= sum g (x - B_R)), dB_R -= K_R A
 //   inner interval idx:      dY_idx += A - B, dY_{idx+1} += B, and add_bound_terms.
-// slopes: the set's S_0..S_{N+1} (K_L, K_idx, K_R). Written without chains through memory and
-// with two partial sums per bound: it runs once per set, and an fc layer has 1024 sets.
+// slopes: the set's S_0..S_{N+1} (K_L, K_idx, K_R); r: its range (make_range). Written without
+// chains through memory and with two partial sums per bound: it runs once per set, and an fc
+// layer has 1024 sets.
 template <typename acc_t>
 C10_HOST_DEVICE inline void histogram_to_param_grads(const acc_t* histogram, const acc_t* slopes,
                                                      const PwluRange<acc_t>& r,
@@ -282,8 +302,11 @@ C10_HOST_DEVICE inline void histogram_to_param_grads(const acc_t* histogram, con
     add_bound_terms(histogram, slopes, idx + 1, inv_n, &left1, &right1);
   }
   if (idx < n) add_bound_terms(histogram, slopes, idx, inv_n, &left0, &right0);
-  out.left_bound[set] = -slopes[0] * a(0) - (left0 + left1);
-  out.right_bound[set] = -slopes[n + 1] * a(n + 1) - (right0 + right1);
+  const acc_t d_left = -slopes[0] * a(0) - (left0 + left1);
+  const acc_t d_right = -slopes[n + 1] * a(n + 1) - (right0 + right1);
+  // A clamped B_R is B_L + constant (make_range).
+  out.left_bound[set] = r.right_clamped ? d_left + d_right : d_left;
+  out.right_bound[set] = r.right_clamped ? acc_t(0) : d_right;
   out.left_slope[set] = b(0) / r.inv_width;
   out.right_slope[set] = b(n + 1) / r.inv_width;
 }

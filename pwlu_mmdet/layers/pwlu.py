@@ -159,7 +159,6 @@ class PWLU(nn.Module):
         # GPU. It is refreshed by realign(), reset_parameters() and _load_from_state_dict().
         self._realigned = False
         self._table_cache = None
-        self._range_cache = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ phase and parameters
@@ -209,23 +208,15 @@ class PWLU(nn.Module):
         self.left_slope.zero_()
         self.right_slope.fill_(1.0)
 
-    def _min_width(self, left_bound: torch.Tensor, right_bound: torch.Tensor) -> torch.Tensor:
-        # Relative to the bounds' magnitude so that (x - B_L) * N / (B_R - B_L) keeps float32
-        # precision; detached: the minimum is a constraint, not something to learn.
-        scale = torch.maximum(left_bound.detach().abs(), right_bound.detach().abs())
-        return self.range_eps * scale.clamp_min(1.0)
-
     def valid_range(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(B_L, B_R)`` as passed to the op, with ``B_R >= B_L + range_eps * scale``.
+        """``(B_L, B_R)`` as the forward uses them, with ``B_R >= B_L + range_eps * scale``.
 
-        Where the range is valid ``B_R`` is returned bit-exact (``torch.where``, not
-        ``B_L + width``), so the clamp never perturbs a healthy layer. Where it is not,
-        ``B_L + min_width`` is used: the gradient then reaches ``B_L`` (shifting the range) but
-        not ``B_R``, and the range recovers once ``B_L`` moves away.
+        Where the range is valid ``B_R`` is returned bit-exact, so the guard never perturbs a
+        healthy layer. Where it is not, ``B_L + min_width`` is used: the gradient then reaches
+        ``B_L`` (shifting the range) but not ``B_R``, and the range recovers once ``B_L`` moves
+        away (:func:`pwlu_mmdet.ops.guard_range`; the compiled op applies it in its kernels).
         """
-        lb, rb = self.left_bound, self.right_bound
-        min_width = self._min_width(lb, rb)
-        return lb, torch.where(rb - lb >= min_width, rb, lb + min_width)
+        return ops.guard_range(self.left_bound, self.right_bound, self.range_eps)
 
     # ------------------------------------------------------------------------- statistics
     def _check_input(self, x: torch.Tensor) -> None:
@@ -321,8 +312,7 @@ class PWLU(nn.Module):
         left, right = mean - half, mean + half
         # A constant channel (std 0) would give an empty range: widen it to the minimum the
         # forward allows, so that the reset is exactly what the forward computes.
-        min_width = self._min_width(left, right)
-        right = torch.where(right - left >= min_width, right, left + min_width)
+        left, right = ops.guard_range(left, right, self.range_eps)
         self._write_relu(left, right)
         self.phase.fill_(_PHASE_II)
         self._set_phase(True)
@@ -344,15 +334,12 @@ class PWLU(nn.Module):
             if not wants_param_grads:
                 if self.eval_impl == 'table' or not compiled_available():
                     return self._table_forward(x, self._cached_tables())
-                # Inference: the valid range changes only with the parameters, so it is cached
-                # like the tables (it is a handful of small ops, as costly as a small layer).
-                left_bound, right_bound = self._cached_valid_range()
                 # In place only where no autograd graph can need x (as relu_ in ConvModule).
                 forward = ops.pwlu_ if self.inplace and not torch.is_grad_enabled() else pwlu
-                return forward(x, self.points, left_bound, right_bound, self.left_slope,
-                               self.right_slope)
-        left_bound, right_bound = self.valid_range()
-        return pwlu(x, self.points, left_bound, right_bound, self.left_slope, self.right_slope)
+                return forward(x, *self._pwlu_parameters(), self.range_eps)
+        # The op applies the range guard (valid_range) itself: as separate small ops with their
+        # autograd nodes it cost about as much as the op on the RoI heads' small inputs.
+        return pwlu(x, *self._pwlu_parameters(), self.range_eps)
 
     # --------------------------------------------------------------------- Sec. 4.3 tables
     def _build_tables(self) -> Tuple[torch.Tensor, ...]:
@@ -390,13 +377,6 @@ class PWLU(nn.Module):
             self._table_cache = (key, self._build_tables())
         return self._table_cache[1]
 
-    @torch.no_grad()
-    def _cached_valid_range(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        key = self._cache_key()
-        if self._range_cache is None or self._range_cache[0] != key:
-            self._range_cache = (key, self.valid_range())
-        return self._range_cache[1]
-
     def _table_forward(self, x: torch.Tensor, tables: Tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``y = x * S_j + O_j`` with standard ops only (exports to plain ONNX)."""
         lb, inv_width, slopes, intercepts = tables
@@ -424,11 +404,9 @@ class PWLU(nn.Module):
         # The loaded phase decides the behaviour and which parameters are trainable.
         self._set_phase(int(self.phase.item()) == _PHASE_II)
         self._table_cache = None
-        self._range_cache = None
 
     def _apply(self, fn, *args, **kwargs):
         self._table_cache = None
-        self._range_cache = None
         return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:

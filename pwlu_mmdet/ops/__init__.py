@@ -6,16 +6,16 @@
 import torch
 
 from ._op import compiled_available, warn_fallback
-from .reference import pwlu_reference, relu_with_moments_reference
+from .reference import guard_range, pwlu_reference, relu_with_moments_reference
 
-__all__ = ['pwlu', 'pwlu_', 'pwlu_reference', 'relu_with_moments',
+__all__ = ['pwlu', 'pwlu_', 'pwlu_reference', 'guard_range', 'relu_with_moments',
            'relu_with_moments_reference', 'compiled_available']
 
 if compiled_available():
 
     def pwlu(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tensor,
-             right_bound: torch.Tensor, left_slope: torch.Tensor,
-             right_slope: torch.Tensor) -> torch.Tensor:
+             right_bound: torch.Tensor, left_slope: torch.Tensor, right_slope: torch.Tensor,
+             range_eps: float = 0.0) -> torch.Tensor:
         """Piecewise Linear Unit (EQUATIONS.md, Eq. 1-4), compiled CPU/CUDA kernels.
 
         Args:
@@ -27,23 +27,27 @@ if compiled_available():
             right_bound (Tensor): ``B_R``, same shape; ``B_R > B_L``.
             left_slope (Tensor): ``K_L``, same shape.
             right_slope (Tensor): ``K_R``, same shape.
+            range_eps (float): Guard of the range: where ``B_R - B_L`` is below
+                ``range_eps * max(1, |B_L|, |B_R|)``, ``B_L`` plus that width is used as ``B_R``
+                (its gradient then goes to ``B_L``), so that training can neither collapse nor
+                flip the range (:func:`guard_range`). 0 uses ``B_R`` as given. Defaults to 0.
 
         Returns:
             Tensor: ``y`` with ``x``'s shape, dtype and memory format. Differentiable w.r.t. all
             six inputs (Table 1 of EQUATIONS.md).
         """
         return torch.ops.pwlu_mmdet.pwlu.default(x, points, left_bound, right_bound, left_slope,
-                                                 right_slope)
+                                                 right_slope, range_eps)
 
     def pwlu_(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tensor,
-              right_bound: torch.Tensor, left_slope: torch.Tensor,
-              right_slope: torch.Tensor) -> torch.Tensor:
+              right_bound: torch.Tensor, left_slope: torch.Tensor, right_slope: torch.Tensor,
+              range_eps: float = 0.0) -> torch.Tensor:
         """In-place ``pwlu`` for inference (as ``relu_`` is to ``relu``): writes the output
         into ``x`` and returns it, allocating nothing for a dense ``x``. It has no backward: it
         raises where autograd would need one (use it under ``torch.no_grad()``).
         """
         torch.ops.pwlu_mmdet.pwlu_.default(x, points, left_bound, right_bound, left_slope,
-                                           right_slope)
+                                           right_slope, range_eps)
         return x
 
     def relu_with_moments(x: torch.Tensor, per_channel: bool = True):
@@ -65,9 +69,9 @@ else:
     warn_fallback()
     pwlu = pwlu_reference
 
-    def pwlu_(x, points, left_bound, right_bound, left_slope, right_slope):
+    def pwlu_(x, points, left_bound, right_bound, left_slope, right_slope, range_eps=0.0):
         """In-place ``pwlu`` (pure-PyTorch fallback: computed, then copied into ``x``)."""
         return x.copy_(pwlu_reference(x, points, left_bound, right_bound, left_slope,
-                                      right_slope))
+                                      right_slope, range_eps))
 
     relu_with_moments = relu_with_moments_reference

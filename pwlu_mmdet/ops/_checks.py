@@ -3,6 +3,7 @@
 The C++ op checks the same conditions with the same messages (``csrc/ops/pwlu_common.h``), so a
 bad call fails alike whichever implementation runs.
 """
+import math
 from typing import Tuple
 
 import torch
@@ -51,3 +52,9 @@ def check_pwlu_args(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Ten
             raise TypeError(f'pwlu: {name} has dtype {t.dtype} but points has {points.dtype}; '
                             'all parameters must share one dtype')
     return num_sets, num_points - 1
+
+
+def check_range_eps(range_eps: float) -> None:
+    """Validate ``range_eps`` of a ``pwlu`` call (a finite number >= 0)."""
+    if not (range_eps >= 0 and math.isfinite(range_eps)):
+        raise ValueError(f'pwlu: range_eps must be a finite number >= 0, got {range_eps}')

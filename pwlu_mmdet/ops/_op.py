@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from ._checks import check_pwlu_args
+from ._checks import check_pwlu_args, check_range_eps
 from .reference import compute_dtype, suggest_memory_format
 
 try:
@@ -21,18 +21,22 @@ except (ImportError, OSError) as e:  # not built, or built against another torch
 if _LOAD_ERROR is None:
 
     @torch.library.register_fake('pwlu_mmdet::pwlu')
-    def _pwlu_fake(x, points, left_bound, right_bound, left_slope, right_slope):
+    def _pwlu_fake(x, points, left_bound, right_bound, left_slope, right_slope, range_eps=0.0):
         check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope)
+        check_range_eps(range_eps)
         return torch.empty_like(x, memory_format=suggest_memory_format(x))
 
     @torch.library.register_fake('pwlu_mmdet::pwlu_')
-    def _pwlu_inplace_fake(x, points, left_bound, right_bound, left_slope, right_slope):
+    def _pwlu_inplace_fake(x, points, left_bound, right_bound, left_slope, right_slope,
+                           range_eps=0.0):
         check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope)
+        check_range_eps(range_eps)
 
     @torch.library.register_fake('pwlu_mmdet::pwlu_backward')
     def _pwlu_backward_fake(grad_output, x, points, left_bound, right_bound, left_slope,
-                            right_slope, input_grad, param_grads):
+                            right_slope, range_eps, input_grad, param_grads):
         check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope)
+        check_range_eps(range_eps)
         none = points.new_empty((0, ))
         grad_x = (torch.empty_like(x, memory_format=suggest_memory_format(x))
                   if input_grad else x.new_empty((0, )))

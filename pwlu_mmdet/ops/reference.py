@@ -3,9 +3,11 @@
 It follows EQUATIONS.md (Eq. 1-4) literally; autograd differentiates it with the interval index
 treated as a constant, which yields exactly the gradients of Table 1.
 """
+from typing import Tuple
+
 import torch
 
-from ._checks import check_pwlu_args
+from ._checks import check_pwlu_args, check_range_eps
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -13,15 +15,35 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def guard_range(left_bound: torch.Tensor, right_bound: torch.Tensor,
+                range_eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(B_L, B_R)`` with ``B_R >= B_L + range_eps * max(1, |B_L|, |B_R|)``.
+
+    Where the range is wide enough ``B_R`` is returned bit-exact (``torch.where``, not
+    ``B_L + width``). Where it is not (or ``B_R`` is NaN), ``B_L + min_width`` is used, with the
+    scale detached: the gradient then reaches ``B_L`` (shifting the range) but not ``B_R``.
+    ``range_eps = 0`` returns the bounds unchanged. The compiled op applies the same guard in
+    its kernels (``make_range`` in ``csrc/ops/pwlu_element.h``).
+    """
+    check_range_eps(range_eps)
+    if range_eps == 0:
+        return left_bound, right_bound
+    scale = torch.maximum(left_bound.detach().abs(), right_bound.detach().abs())
+    min_width = range_eps * scale.clamp_min(1.0)
+    return left_bound, torch.where(right_bound - left_bound >= min_width, right_bound,
+                                   left_bound + min_width)
+
+
 def pwlu_reference(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tensor,
                    right_bound: torch.Tensor, left_slope: torch.Tensor,
-                   right_slope: torch.Tensor) -> torch.Tensor:
+                   right_slope: torch.Tensor, range_eps: float = 0.0) -> torch.Tensor:
     """Piecewise Linear Unit, pure PyTorch (slow, differentiable, any device).
 
     Same signature, shapes and dtype rules as :func:`pwlu_mmdet.ops.pwlu`.
     """
     num_sets, n = check_pwlu_args(x, points, left_bound, right_bound, left_slope, right_slope)
     dtype = compute_dtype(x)
+    left_bound, right_bound = guard_range(left_bound.to(dtype), right_bound.to(dtype), range_eps)
     channels = x.shape[1]
     # Work on (C, M): one row per channel, every other dim flattened.
     xc = x.to(dtype).transpose(0, 1).reshape(channels, -1)

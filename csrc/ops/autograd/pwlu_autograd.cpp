@@ -18,23 +18,23 @@ using torch::autograd::variable_list;
 
 at::Tensor pwlu_op(const at::Tensor& x, const at::Tensor& points, const at::Tensor& left_bound,
                    const at::Tensor& right_bound, const at::Tensor& left_slope,
-                   const at::Tensor& right_slope) {
+                   const at::Tensor& right_slope, double range_eps) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("pwlu_mmdet::pwlu", "")
                              .typed<decltype(pwlu_op)>();
-  return op.call(x, points, left_bound, right_bound, left_slope, right_slope);
+  return op.call(x, points, left_bound, right_bound, left_slope, right_slope, range_eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 pwlu_backward_op(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& points,
                  const at::Tensor& left_bound, const at::Tensor& right_bound,
-                 const at::Tensor& left_slope, const at::Tensor& right_slope, bool input_grad,
-                 bool param_grads) {
+                 const at::Tensor& left_slope, const at::Tensor& right_slope, double range_eps,
+                 bool input_grad, bool param_grads) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("pwlu_mmdet::pwlu_backward", "")
                              .typed<decltype(pwlu_backward_op)>();
   return op.call(grad_output, x, points, left_bound, right_bound, left_slope, right_slope,
-                 input_grad, param_grads);
+                 range_eps, input_grad, param_grads);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_op(const at::Tensor& x,
@@ -47,21 +47,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_op(const at::Te
 
 void pwlu_inplace_op(at::Tensor& x, const at::Tensor& points, const at::Tensor& left_bound,
                      const at::Tensor& right_bound, const at::Tensor& left_slope,
-                     const at::Tensor& right_slope) {
+                     const at::Tensor& right_slope, double range_eps) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("pwlu_mmdet::pwlu_", "")
                              .typed<decltype(pwlu_inplace_op)>();
-  op.call(x, points, left_bound, right_bound, left_slope, right_slope);
+  op.call(x, points, left_bound, right_bound, left_slope, right_slope, range_eps);
 }
 
 class PwluFunction : public torch::autograd::Function<PwluFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& points,
                             const at::Tensor& left_bound, const at::Tensor& right_bound,
-                            const at::Tensor& left_slope, const at::Tensor& right_slope) {
+                            const at::Tensor& left_slope, const at::Tensor& right_slope,
+                            double range_eps) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({x, points, left_bound, right_bound, left_slope, right_slope});
-    return pwlu_op(x, points, left_bound, right_bound, left_slope, right_slope);
+    ctx->saved_data["range_eps"] = range_eps;
+    return pwlu_op(x, points, left_bound, right_bound, left_slope, right_slope, range_eps);
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
@@ -71,12 +73,14 @@ class PwluFunction : public torch::autograd::Function<PwluFunction> {
     for (size_t i = 1; i < saved.size(); ++i) param_grads |= ctx->needs_input_grad(i);
     // Phase I (frozen parameters) skips the parameter-gradient reductions altogether.
     auto grads = pwlu_backward_op(grad_outputs[0], saved[0], saved[1], saved[2], saved[3],
-                                  saved[4], saved[5], input_grad, param_grads);
+                                  saved[4], saved[5], ctx->saved_data["range_eps"].toDouble(),
+                                  input_grad, param_grads);
     variable_list out = {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads),
                          std::get<3>(grads), std::get<4>(grads), std::get<5>(grads)};
     for (size_t i = 0; i < out.size(); ++i) {
       if (!ctx->needs_input_grad(i)) out[i] = at::Tensor();
     }
+    out.emplace_back();  // range_eps
     return out;
   }
 };
@@ -100,8 +104,10 @@ class ReluWithMomentsFunction : public torch::autograd::Function<ReluWithMoments
 
 at::Tensor pwlu_autograd(const at::Tensor& x, const at::Tensor& points,
                          const at::Tensor& left_bound, const at::Tensor& right_bound,
-                         const at::Tensor& left_slope, const at::Tensor& right_slope) {
-  return PwluFunction::apply(x, points, left_bound, right_bound, left_slope, right_slope);
+                         const at::Tensor& left_slope, const at::Tensor& right_slope,
+                         double range_eps) {
+  return PwluFunction::apply(x, points, left_bound, right_bound, left_slope, right_slope,
+                             range_eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_autograd(const at::Tensor& x,
@@ -114,7 +120,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_autograd(const 
 // it runs below autograd and bumps x's version, as in-place ATen ops do.
 void pwlu_inplace_autograd(at::Tensor& x, const at::Tensor& points,
                            const at::Tensor& left_bound, const at::Tensor& right_bound,
-                           const at::Tensor& left_slope, const at::Tensor& right_slope) {
+                           const at::Tensor& left_slope, const at::Tensor& right_slope,
+                           double range_eps) {
   const bool needs_grad =
       at::GradMode::is_enabled() &&
       (x.requires_grad() || points.requires_grad() || left_bound.requires_grad() ||
@@ -124,7 +131,7 @@ void pwlu_inplace_autograd(at::Tensor& x, const at::Tensor& points,
               "torch.no_grad() / torch.inference_mode()");
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    pwlu_inplace_op(x, points, left_bound, right_bound, left_slope, right_slope);
+    pwlu_inplace_op(x, points, left_bound, right_bound, left_slope, right_slope, range_eps);
   }
   torch::autograd::increment_version(x);
 }

@@ -94,20 +94,21 @@ template <typename acc_t>
 struct RowView {
   const acc_t* points;  // (C, N + 1)
   const acc_t* left_bound;
-  const acc_t* right_bound;
+  const acc_t* right_bound;  // as computed with (make_range)
   const acc_t* inv_width;
   const acc_t* step;
   const acc_t* left_slope;
   const acc_t* right_slope;
+  const bool* right_clamped;
   int n;
 
   PwluRange<acc_t> range(int64_t c) const {
-    return {left_bound[c], right_bound[c], inv_width[c], step[c], n};
+    return {left_bound[c], right_bound[c], inv_width[c], step[c], n, right_clamped[c]};
   }
   // The same view from channel c on.
   RowView from(int64_t c) const {
-    return {points + c * (n + 1), left_bound + c, right_bound + c, inv_width + c,
-            step + c,             left_slope + c, right_slope + c, n};
+    return {points + c * (n + 1), left_bound + c, right_bound + c, inv_width + c, step + c,
+            left_slope + c,       right_slope + c, right_clamped + c, n};
   }
 };
 
@@ -577,7 +578,7 @@ struct CpuTables {
     intercepts.reset(new acc_t[p.num_sets * entries]);
     at::parallel_for(0, p.num_sets, 256, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
-        ranges[s] = make_range<acc_t>(lb[s], rb[s], n);
+        ranges[s] = p.range<acc_t>(lb[s], rb[s]);
         build_padded_table(points + s * (n + 1), ranges[s], ls[s], rs[s], entries,
                            slopes.get() + s * entries, intercepts.get() + s * entries);
       }
@@ -588,24 +589,33 @@ struct CpuTables {
   const acc_t* intercepts_of(int64_t s) const { return intercepts.get() + s * entries; }
 };
 
-// The row paths' per-channel parameters (point form): the raw parameters plus N / (B_R - B_L)
-// and d per channel, which is all that is computed per call.
+// The row paths' per-channel parameters (point form): the raw parameters plus the range of
+// every channel (make_range), which is all that is computed per call.
 template <typename acc_t>
 struct CpuRows {
-  std::vector<acc_t> inv_width, step;
+  std::vector<acc_t> right_bound, inv_width, step;
+  std::unique_ptr<bool[]> right_clamped;
   RowView<acc_t> view;
 
-  explicit CpuRows(const PwluParams& p) : inv_width(p.num_sets), step(p.num_sets) {
-    const int n = static_cast<int>(p.num_intervals);
+  explicit CpuRows(const PwluParams& p)
+      : right_bound(p.num_sets),
+        inv_width(p.num_sets),
+        step(p.num_sets),
+        right_clamped(new bool[p.num_sets]) {
     const acc_t* lb = p.left_bound.data_ptr<acc_t>();
     const acc_t* rb = p.right_bound.data_ptr<acc_t>();
     for (int64_t s = 0; s < p.num_sets; ++s) {
-      const PwluRange<acc_t> r = make_range<acc_t>(lb[s], rb[s], n);
+      const PwluRange<acc_t> r = p.range<acc_t>(lb[s], rb[s]);
+      right_bound[s] = r.right_bound;
       inv_width[s] = r.inv_width;
       step[s] = r.step;
+      right_clamped[s] = r.right_clamped;
     }
-    view = {p.points.data_ptr<acc_t>(), lb, rb, inv_width.data(), step.data(),
-            p.left_slope.data_ptr<acc_t>(), p.right_slope.data_ptr<acc_t>(), n};
+    view = {p.points.data_ptr<acc_t>(),    lb,
+            right_bound.data(),            inv_width.data(),
+            step.data(),                   p.left_slope.data_ptr<acc_t>(),
+            p.right_slope.data_ptr<acc_t>(), right_clamped.get(),
+            static_cast<int>(p.num_intervals)};
   }
 };
 
@@ -843,8 +853,10 @@ void param_grad_rows(const scalar_t* g, const scalar_t* x, scalar_t* gx,
 
 at::Tensor pwlu_forward_cpu(const at::Tensor& x, const at::Tensor& points,
                             const at::Tensor& left_bound, const at::Tensor& right_bound,
-                            const at::Tensor& left_slope, const at::Tensor& right_slope) {
-  const PwluCall call = prepare_call(x, points, left_bound, right_bound, left_slope, right_slope);
+                            const at::Tensor& left_slope, const at::Tensor& right_slope,
+                            double range_eps) {
+  const PwluCall call = prepare_call(x, points, left_bound, right_bound, left_slope, right_slope,
+                                     range_eps);
   at::Tensor y = at::empty_like(call.x, call.x.options(), call.format);
   if (x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_forward_cpu",
@@ -861,11 +873,13 @@ at::Tensor pwlu_forward_cpu(const at::Tensor& x, const at::Tensor& points,
 // is relu_). An x that is not dense in its memory format is computed out of place and copied.
 void pwlu_inplace_cpu(at::Tensor& x, const at::Tensor& points, const at::Tensor& left_bound,
                       const at::Tensor& right_bound, const at::Tensor& left_slope,
-                      const at::Tensor& right_slope) {
-  const PwluCall call = prepare_call(x, points, left_bound, right_bound, left_slope, right_slope);
+                      const at::Tensor& right_slope, double range_eps) {
+  const PwluCall call = prepare_call(x, points, left_bound, right_bound, left_slope, right_slope,
+                                     range_eps);
   if (x.numel() == 0) return;
   if (!call.x.is_same(x)) {
-    x.copy_(pwlu_forward_cpu(x, points, left_bound, right_bound, left_slope, right_slope));
+    x.copy_(pwlu_forward_cpu(x, points, left_bound, right_bound, left_slope, right_slope,
+                             range_eps));
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pwlu_inplace_cpu",
@@ -880,9 +894,10 @@ void pwlu_inplace_cpu(at::Tensor& x, const at::Tensor& points, const at::Tensor&
 PwluGrads pwlu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
                             const at::Tensor& points, const at::Tensor& left_bound,
                             const at::Tensor& right_bound, const at::Tensor& left_slope,
-                            const at::Tensor& right_slope, bool input_grad, bool param_grads) {
+                            const at::Tensor& right_slope, double range_eps, bool input_grad,
+                            bool param_grads) {
   const PwluBackwardCall call = prepare_backward(grad_output, x, points, left_bound, right_bound,
-                                                 left_slope, right_slope, input_grad,
+                                                 left_slope, right_slope, range_eps, input_grad,
                                                  param_grads);
   if (x.numel() > 0 && (input_grad || param_grads)) {
     const PwluLayout& layout = call.layout;

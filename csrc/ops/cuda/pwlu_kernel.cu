@@ -46,14 +46,16 @@ __global__ void build_tables_kernel(const acc_t* __restrict__ points,
                                     const acc_t* __restrict__ right_bound,
                                     const acc_t* __restrict__ left_slope,
                                     const acc_t* __restrict__ right_slope, int64_t num_sets,
-                                    int num_intervals, PwluRange<acc_t>* ranges, acc_t* slopes,
+                                    int num_intervals, acc_t range_eps,
+                                    PwluRange<acc_t>* ranges, acc_t* slopes,
                                     acc_t* intercepts) {
   const int entries = num_intervals + 2;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= num_sets * entries) return;
   const int64_t s = i / entries;
   const int j = static_cast<int>(i % entries);
-  const PwluRange<acc_t> r = make_range<acc_t>(left_bound[s], right_bound[s], num_intervals);
+  const PwluRange<acc_t> r =
+      make_range<acc_t>(left_bound[s], right_bound[s], num_intervals, range_eps);
   if (j == 0) ranges[s] = r;
   table_pair<acc_t, acc_t>(points + s * (num_intervals + 1), r, left_slope[s], right_slope[s],
                            j, slopes + i, intercepts + i);
@@ -79,7 +81,7 @@ struct TableStorage {
     build_tables_kernel<acc_t><<<blocks, kThreads, 0, stream>>>(
         p.points.data_ptr<acc_t>(), p.left_bound.data_ptr<acc_t>(),
         p.right_bound.data_ptr<acc_t>(), p.left_slope.data_ptr<acc_t>(),
-        p.right_slope.data_ptr<acc_t>(), p.num_sets, n,
+        p.right_slope.data_ptr<acc_t>(), p.num_sets, n, static_cast<acc_t>(p.range_eps),
         reinterpret_cast<PwluRange<acc_t>*>(ranges.data_ptr<acc_t>()), slopes.data_ptr<acc_t>(),
         intercepts.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -236,9 +238,11 @@ bool can_vectorize(const void* a, const void* b, int vec) {
 
 at::Tensor pwlu_forward_cuda(const at::Tensor& x, const at::Tensor& points,
                              const at::Tensor& left_bound, const at::Tensor& right_bound,
-                             const at::Tensor& left_slope, const at::Tensor& right_slope) {
+                             const at::Tensor& left_slope, const at::Tensor& right_slope,
+                             double range_eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const PwluCall call = prepare_call(x, points, left_bound, right_bound, left_slope, right_slope);
+  const PwluCall call = prepare_call(x, points, left_bound, right_bound, left_slope, right_slope,
+                                     range_eps);
   at::Tensor y = at::empty_like(call.x, call.x.options(), call.format);
   if (x.numel() == 0) return y;
   const PwluLayout& layout = call.layout;
@@ -267,17 +271,19 @@ at::Tensor pwlu_forward_cuda(const at::Tensor& x, const at::Tensor& points,
 // pwlu_ on CUDA: out of place, then copied (the caching allocator makes the output cheap).
 void pwlu_inplace_cuda(at::Tensor& x, const at::Tensor& points, const at::Tensor& left_bound,
                        const at::Tensor& right_bound, const at::Tensor& left_slope,
-                       const at::Tensor& right_slope) {
-  x.copy_(pwlu_forward_cuda(x, points, left_bound, right_bound, left_slope, right_slope));
+                       const at::Tensor& right_slope, double range_eps) {
+  x.copy_(pwlu_forward_cuda(x, points, left_bound, right_bound, left_slope, right_slope,
+                            range_eps));
 }
 
 PwluGrads pwlu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
                              const at::Tensor& points, const at::Tensor& left_bound,
                              const at::Tensor& right_bound, const at::Tensor& left_slope,
-                             const at::Tensor& right_slope, bool input_grad, bool param_grads) {
+                             const at::Tensor& right_slope, double range_eps, bool input_grad,
+                             bool param_grads) {
   const c10::cuda::CUDAGuard guard(x.device());
   const PwluBackwardCall call = prepare_backward(grad_output, x, points, left_bound, right_bound,
-                                                 left_slope, right_slope, input_grad,
+                                                 left_slope, right_slope, range_eps, input_grad,
                                                  param_grads);
   const int64_t n = points.size(1) - 1;
   const int64_t num_sets = points.size(0);
