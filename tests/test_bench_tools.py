@@ -58,3 +58,5 @@ def test_bench_model_runs_each_activation():
     interleaved = bench.measure_interleaved(args, ['ReLU', 'PWLU'])
     assert interleaved['PWLU']['num_pwlu'] == results['PWLU']['num_pwlu']
     assert all(r['train_ms'] > 0 and r['inference_ms'] > 0 for r in interleaved.values())
+    assert interleaved['ReLU']['train_ratio'] == 1.0
+    assert interleaved['PWLU']['train_ratio'] > 0 and interleaved['PWLU']['inference_ratio'] > 0

@@ -475,6 +475,20 @@ def test_dense_sweep_every_piece(device, dtype, num_intervals, layer_wise):
 
 
 @pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize('shape', [(48, 3, 7, 7), (5, 3, 1, 17), (300, 2, 1, 5)],
+                         ids=['7x7', 'tail_1', 'tail_5'])
+def test_short_planes_all_gradients(device, dtype, shape):
+    """Planes shorter than 16 elements or with a tail (RoI maps): masked vector tails, and
+    per-channel planes packed into shared histogram pieces (48 x 49 and 300 x 5 elements per
+    channel fill more than one 1024-element piece)."""
+    x = make_input(shape, dtype, device)
+    params = make_params(shape[1], 16, dtype=torch.float32, device=device)
+    check_op_against_reference(x, params, *TOL[dtype],
+                               param_rtol=1e-5 if dtype != torch.bfloat16 else 1e-4)
+
+
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('shape', [(70, 150), (7100, 150)], ids=['one_block', 'two_row_blocks'])
 def test_interleaved_channels_all_gradients(device, shape):
     """Interleaved rows of several channel groups (64 each, the last one partial, with a

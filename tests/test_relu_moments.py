@@ -67,6 +67,20 @@ def test_wide_rows(device, dtype, shape):
 
 
 @pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float64])
+def test_short_planes(device, dtype):
+    """7 x 7 planes (RoI maps), packed into pieces of whole planes: 200 planes per channel make
+    three pieces, combined in order; mean 2 so that a lost piece shows."""
+    x = make_x((200, 3, 7, 7), dtype, device, 'contiguous', mean=2.0)
+    y, mean, var = relu_with_moments(x, True)
+    assert torch.equal(y, torch.relu(x))
+    ref_mean, ref_var = hand_moments(x, True)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(mean.double().cpu(), ref_mean, atol=tol, rtol=tol)
+    torch.testing.assert_close(var.double().cpu(), ref_var, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize('device', DEVICES)
 def test_variance_accurate_with_large_mean(device):
     """|mean| >> std: a naive E[x^2] - E[x]^2 in float32 would lose the variance entirely."""
     x = make_x((4, 3, 64, 64), torch.float32, device, 'contiguous', mean=3000.0)

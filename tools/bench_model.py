@@ -119,8 +119,10 @@ def measure(args) -> dict:
 
 
 def measure_interleaved(args, activations) -> dict:
-    """All activations in this process, their steps interleaved (ReLU, Swish, PWLU, ReLU, ...),
-    so that drift in the machine's speed hits each alike; no memory figures."""
+    """All activations in this process, their steps interleaved (ReLU, Swish, PWLU, then the
+    next round starting with another one), so that drift in the machine's speed hits each alike;
+    no memory figures. Ratios are medians of per-round ratios to ReLU's step of the same round,
+    which cancels the drift between rounds (this VM's speed moves by 10-20% within a minute)."""
     steps = {act: build_steps(args, act) for act in activations}
     results = {act: {} for act in activations}
     for name, index in (('train', 1), ('inference', 2)):
@@ -128,11 +130,13 @@ def measure_interleaved(args, activations) -> dict:
         for _ in range(args.warmup):
             for act in activations:
                 steps[act][index]()
-        for _ in range(args.repeat):
-            for act in activations:
+        for i in range(args.repeat):
+            for act in activations[i % len(activations):] + activations[:i % len(activations)]:
                 times[act].append(timed_ms(steps[act][index], steps[act][3]))
         for act in activations:
             results[act][f'{name}_ms'] = statistics.median(times[act])
+            results[act][f'{name}_ratio'] = statistics.median(
+                t / r for t, r in zip(times[act], times['ReLU']))
     for act in activations:
         results[act]['num_pwlu'] = _count_pwlu(steps[act][0])
     return results
@@ -165,9 +169,11 @@ def format_table(args, results: dict) -> str:
     import torch
     relu = results['ReLU']
     mem_keys = [k for k in relu if k.endswith('_mb')]
+    runs = ('1 process, interleaved (x ReLU: median of per-round ratios)' if args.interleaved
+            else f'{args.rounds} rounds')
     head = (f'{os.path.basename(args.config)}, {args.device}, batch {args.batch_size} x '
             f'{args.image_size[0]}x{args.image_size[1]}, median of {args.repeat} steps x '
-            f'{"1 process, interleaved" if args.interleaved else f"{args.rounds} rounds"}, torch '
+            f'{runs}, torch '
             f'{torch.__version__}, {torch.get_num_threads()} threads, '
             f'{platform.processor() or platform.machine()}')
     cols = ['train ms', 'x ReLU', 'inference ms', 'x ReLU'] + \
@@ -175,8 +181,10 @@ def format_table(args, results: dict) -> str:
     lines = [head, '', '| activation | ' + ' | '.join(cols) + ' |',
              '|---' * (len(cols) + 1) + '|']
     for act, r in results.items():
-        cells = [f"{r['train_ms']:.1f}", f"{r['train_ms'] / relu['train_ms']:.3f}",
-                 f"{r['inference_ms']:.1f}", f"{r['inference_ms'] / relu['inference_ms']:.3f}"]
+        cells = []
+        for name in ('train', 'inference'):
+            ratio = r.get(f'{name}_ratio', r[f'{name}_ms'] / relu[f'{name}_ms'])
+            cells += [f"{r[f'{name}_ms']:.1f}", f'{ratio:.3f}']
         cells += [f'{r[k]:.0f}' for k in mem_keys] + [str(r['num_pwlu'])]
         lines.append(f'| {act} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

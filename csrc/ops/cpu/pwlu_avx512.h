@@ -15,6 +15,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace pwlu_mmdet {
 namespace ops {
@@ -111,8 +112,38 @@ __attribute__((target("avx512f"))) inline void store(c10::BFloat16* p, __m512 v)
   store_bf16(p, v);
 }
 
-// Forward of a run; returns the number of leading elements done (a multiple of 16): the caller
-// finishes the tail with the generic loop.
+// Runs end with a tail of len % 16 elements. float runs do it with masked loads and stores
+// (AVX-512F; masked-out lanes are neither read nor written), so that short runs take no scalar
+// tail: a 7 x 7 RoI map is runs of 49 elements, and its scalar tails cost as much as the rest.
+// bfloat16 runs leave the tail to the generic loop (masked 16-bit moves need AVX-512BW).
+// The elements of a run of len that the vector loop does:
+template <typename scalar_t>
+inline int64_t vector_end(int64_t len) {
+  return std::is_same<scalar_t, float>::value ? len : len / 16 * 16;
+}
+
+// The mask of the block of 16 that starts `rest` elements before the end.
+inline __mmask16 block_mask(int64_t rest) {
+  return rest >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << rest) - 1u);
+}
+
+// Masked float loads and stores (full blocks pass an all-ones mask; bfloat16 never gets
+// another).
+__attribute__((target("avx512f"))) inline __m512 load(const float* p, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
+__attribute__((target("avx512f"))) inline __m512 load(const c10::BFloat16* p, __mmask16) {
+  return load_bf16(p);
+}
+__attribute__((target("avx512f"))) inline void store(float* p, __m512 v, __mmask16 m) {
+  _mm512_mask_storeu_ps(p, m, v);
+}
+__attribute__((target("avx512f"))) inline void store(c10::BFloat16* p, __m512 v, __mmask16) {
+  store_bf16(p, v);
+}
+
+// Forward of a run; returns the number of leading elements done (all of a float run, a multiple
+// of 16 of a bfloat16 one): the caller finishes the rest with the generic loop.
 template <typename scalar_t>
 __attribute__((target("avx512f"))) int64_t forward_run(const scalar_t* x, scalar_t* y,
                                                        int64_t len, float lb, float inv, int n,
@@ -122,11 +153,12 @@ __attribute__((target("avx512f"))) int64_t forward_run(const scalar_t* x, scalar
   const Table o = load_table(intercepts);
   const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
   const __m512 vn = _mm512_set1_ps(static_cast<float>(n));
-  int64_t k = 0;
-  for (; k + 16 <= len; k += 16) {
-    store(y + k, forward16(load(x + k), s, o, vlb, vinv, vn));
+  const int64_t end = vector_end<scalar_t>(len);
+  for (int64_t k = 0; k < end; k += 16) {
+    const __mmask16 m = block_mask(end - k);
+    store(y + k, forward16(load(x + k, m), s, o, vlb, vinv, vn), m);
   }
-  return k;
+  return end;
 }
 
 // grad_x = g * S_j of a run; returns the number of leading elements done.
@@ -138,20 +170,29 @@ __attribute__((target("avx512f"))) int64_t input_grad_run(const scalar_t* g, con
   const Table s = load_table(slopes);
   const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
   const __m512 vn = _mm512_set1_ps(static_cast<float>(n));
-  int64_t k = 0;
-  for (; k + 16 <= len; k += 16) {
-    const __m512i j = entries(load(x + k), vlb, vinv, vn);
-    store(gx + k, _mm512_mul_ps(load(g + k), lookup(s, j)));
+  const int64_t end = vector_end<scalar_t>(len);
+  for (int64_t k = 0; k < end; k += 16) {
+    const __mmask16 m = block_mask(end - k);
+    const __m512i j = entries(load(x + k, m), vlb, vinv, vn);
+    store(gx + k, _mm512_mul_ps(load(g + k, m), lookup(s, j)), m);
   }
-  return k;
+  return end;
 }
 
-// Stores (g, g * u) of 16 elements as 16 interleaved pairs.
-__attribute__((target("avx512f"))) inline void store_pairs(float* pairs, __m512 g, __m512 gu) {
+// Stores (g, g * u) of the elements of mask m, a prefix (of every element by default), as
+// interleaved pairs: element i's pair is floats 2 i and 2 i + 1, so elements 0..7 go to the
+// first 16 floats and 8..15 to the next.
+__attribute__((target("avx512f"))) inline void store_pairs(float* pairs, __m512 g, __m512 gu,
+                                                           __mmask16 m = 0xffff) {
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
-  _mm512_storeu_ps(pairs, _mm512_permutex2var_ps(g, lo, gu));
-  _mm512_storeu_ps(pairs + 16, _mm512_permutex2var_ps(g, hi, gu));
+  const int count = __builtin_popcount(m);
+  const uint32_t floats_lo = count >= 8 ? 0xffffu : (1u << (2 * count)) - 1u;
+  const uint32_t floats_hi = count <= 8 ? 0u : (1u << (2 * (count - 8))) - 1u;
+  _mm512_mask_storeu_ps(pairs, static_cast<__mmask16>(floats_lo),
+                        _mm512_permutex2var_ps(g, lo, gu));
+  _mm512_mask_storeu_ps(pairs + 16, static_cast<__mmask16>(floats_hi),
+                        _mm512_permutex2var_ps(g, hi, gu));
 }
 
 // Prepass of a run (see prepass_run_impl in pwlu_kernel.cpp): grad_x = g * S_j, and per
@@ -166,16 +207,17 @@ __attribute__((target("avx512f"))) int64_t prepass_run(const scalar_t* g, const 
   const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
   const __m512 vn = _mm512_set1_ps(static_cast<float>(n));
   const __m512i vni = _mm512_set1_epi32(n);
-  int64_t k = 0;
-  for (; k + 16 <= len; k += 16) {
-    const __m512 gv = load(g + k);
-    const __m512 t = coordinates(load(x + k), vlb, vinv);
+  const int64_t end = vector_end<scalar_t>(len);
+  for (int64_t k = 0; k < end; k += 16) {
+    const __mmask16 m = block_mask(end - k);
+    const __m512 gv = load(g + k, m);
+    const __m512 t = coordinates(load(x + k, m), vlb, vinv);
     const __m512i j = entries_of(t, vn);
-    store(gx + k, _mm512_mul_ps(gv, lookup(s, j)));
-    _mm512_storeu_si512(slot + k, _mm512_add_epi32(j, j));
-    store_pairs(pairs + 2 * k, gv, _mm512_mul_ps(gv, _mm512_sub_ps(t, entry_bases(j, vni))));
+    store(gx + k, _mm512_mul_ps(gv, lookup(s, j)), m);
+    _mm512_mask_storeu_epi32(slot + k, m, _mm512_add_epi32(j, j));
+    store_pairs(pairs + 2 * k, gv, _mm512_mul_ps(gv, _mm512_sub_ps(t, entry_bases(j, vni))), m);
   }
-  return k;
+  return end;
 }
 
 // Interleaved channels (a row of C channels, channel c with its own parameters) use the point

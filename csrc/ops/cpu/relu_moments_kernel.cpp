@@ -127,6 +127,32 @@ Moments relu_moments_long_run(const scalar_t* x, scalar_t* y, int64_t len) {
   return total;
 }
 
+// Planes of one channel shorter than a piece (RoI maps: 7 x 7 or 14 x 14), plane o at
+// o * stride, in pieces of whole planes of at most kPiece elements: the planes' sums, then
+// their squared deviations from the piece's mean, and one combination per piece rather than per
+// plane (which cost more than the planes' elements).
+template <typename scalar_t, typename acc_t>
+Moments relu_moments_short_runs(const scalar_t* x, scalar_t* y, int64_t count, int64_t stride,
+                                int64_t len) {
+  const int64_t per_piece = kPiece / len;
+  Moments total;
+  for (int64_t first = 0; first < count; first += per_piece) {
+    const int64_t last = std::min(count, first + per_piece);
+    acc_t sum = 0;
+    for (int64_t o = first; o < last; ++o) sum += relu_sum(x + o * stride, y + o * stride, len);
+    const int64_t n = (last - first) * len;
+    const acc_t mean = sum / static_cast<acc_t>(n);
+    acc_t m2 = 0;
+    for (int64_t o = first; o < last; ++o) m2 += squared_deviations(x + o * stride, len, mean);
+    Moments m;
+    m.count = static_cast<double>(n);
+    m.mean = static_cast<double>(mean);
+    m.m2 = static_cast<double>(m2);
+    total = combine_moments(total, m);
+  }
+  return total;
+}
+
 // Moments of every set; sets = C (per channel) or 1.
 template <typename scalar_t, typename acc_t>
 std::vector<Moments> relu_moments_kernel(const scalar_t* x, scalar_t* y, const PwluLayout& layout,
@@ -136,6 +162,12 @@ std::vector<Moments> relu_moments_kernel(const scalar_t* x, scalar_t* y, const P
     std::vector<Moments> out(channels);
     at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
+        if (layout.inner < kPiece) {
+          const int64_t first = c * layout.inner;
+          out[c] = relu_moments_short_runs<scalar_t, acc_t>(
+              x + first, y + first, layout.outer, channels * layout.inner, layout.inner);
+          continue;
+        }
         for (int64_t o = 0; o < layout.outer; ++o) {
           const int64_t base = (o * channels + c) * layout.inner;
           out[c] = combine_moments(
