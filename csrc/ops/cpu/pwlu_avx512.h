@@ -38,18 +38,51 @@ __attribute__((target("avx512f"))) inline Table load_table(const float* values) 
   return {_mm512_loadu_ps(values), _mm512_loadu_ps(values + 16)};
 }
 
+// build_table (pwlu_element.h) of a set with N + 2 <= 32 entries, padded with zeros to 32, 16
+// inner intervals per step: an fc layer's 1024 tables cost as much as its elements when built
+// one entry at a time. Inner interval idx: S = (Y_{idx+1} - Y_idx) * inv_width and
+// O = Y_idx - (B_L + idx * d) * S, as inner_pair.
+__attribute__((target("avx512f"))) inline void build_table32(const float* points, float lb,
+                                                             float rb, float inv, float step,
+                                                             float ls, float rs, int n,
+                                                             float* slopes, float* intercepts) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int e = 0; e < 32; e += 16) {
+    _mm512_storeu_ps(slopes + e, zero);
+    _mm512_storeu_ps(intercepts + e, zero);
+  }
+  const __m512 first = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int idx = 0; idx < n; idx += 16) {
+    const __mmask16 m = static_cast<__mmask16>(n - idx >= 16 ? 0xffffu : (1u << (n - idx)) - 1u);
+    const __m512 y0 = _mm512_maskz_loadu_ps(m, points + idx);
+    const __m512 y1 = _mm512_maskz_loadu_ps(m, points + idx + 1);
+    const __m512 k = _mm512_mul_ps(_mm512_sub_ps(y1, y0), _mm512_set1_ps(inv));
+    const __m512 b = _mm512_add_ps(
+        _mm512_set1_ps(lb),
+        _mm512_mul_ps(_mm512_add_ps(first, _mm512_set1_ps(static_cast<float>(idx))),
+                      _mm512_set1_ps(step)));
+    _mm512_mask_storeu_ps(slopes + 1 + idx, m, k);
+    _mm512_mask_storeu_ps(intercepts + 1 + idx, m, _mm512_sub_ps(y0, _mm512_mul_ps(b, k)));
+  }
+  slopes[0] = ls;
+  intercepts[0] = points[0] - lb * ls;
+  slopes[n + 1] = rs;
+  intercepts[n + 1] = points[n] - rb * rs;
+}
+
 // Interval coordinate t of 16 elements (interval_coordinate).
 __attribute__((target("avx512f"))) inline __m512 coordinates(__m512 x, __m512 lb, __m512 inv) {
   return _mm512_mul_ps(_mm512_sub_ps(x, lb), inv);
 }
 
-// Table entry j of 16 coordinates, as clamped_coordinate + table_entry: t becomes -1 unless
-// t >= 0 (negative and NaN t), is capped at N, truncated, plus one.
+// Table entry j of 16 coordinates, as clamped_coordinate + table_entry (negative and NaN t give
+// -1, t >= N gives N, plus one), in three instructions: t clamped to [-1, N] (vmaxps returns its
+// second operand, -1, for a NaN t), then converted rounding down, which equals the header's
+// truncation on [0, N] and gives -1 on [-1, 0).
 __attribute__((target("avx512f"))) inline __m512i entries_of(__m512 t, __m512 n) {
-  const __mmask16 inside = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GE_OQ);
-  t = _mm512_mask_mov_ps(_mm512_set1_ps(-1.f), inside, t);
-  t = _mm512_min_ps(t, n);
-  return _mm512_add_epi32(_mm512_cvttps_epi32(t), _mm512_set1_epi32(1));
+  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-1.f)), n);
+  return _mm512_add_epi32(_mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC),
+                          _mm512_set1_epi32(1));
 }
 
 __attribute__((target("avx512f"))) inline __m512i entries(__m512 x, __m512 lb, __m512 inv,
@@ -68,18 +101,33 @@ __attribute__((target("avx512f"))) inline __m512 lookup(const Table& table, __m5
   return _mm512_permutex2var_ps(table.lo, j, table.hi);
 }
 
-// y = x * S_j + O_j, with forward_value's limit at x = +-inf for zero slopes: where y is NaN but
-// x is not, the intercept is the answer.
-__attribute__((target("avx512f"))) inline __m512 forward16(__m512 x, const Table& s,
-                                                           const Table& o, __m512 lb,
-                                                           __m512 inv, __m512 n) {
+// y = x * S_j + O_j, with forward_value's limit at x = +-inf for zero slopes (`exact`): where y
+// is NaN but x is not, the intercept is the answer. Without `exact`, forward_value_finite.
+template <bool exact = true>
+__attribute__((target("avx512f"), always_inline)) inline __m512 forward16(__m512 x,
+                                                                         const Table& s,
+                                                                         const Table& o,
+                                                                         __m512 lb, __m512 inv,
+                                                                         __m512 n) {
   const __m512i j = entries(x, lb, inv, n);
   const __m512 slope = lookup(s, j);
   const __m512 intercept = lookup(o, j);
   const __m512 y = _mm512_fmadd_ps(x, slope, intercept);
+  if (!exact) return y;
   const __mmask16 fix =
       _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q);
   return _mm512_mask_mov_ps(y, fix, intercept);
+}
+
+// Accumulates x * 0 into probe: it becomes NaN exactly when some x is infinite or NaN, the only
+// inputs that need forward16's limit.
+__attribute__((target("avx512f"), always_inline)) inline __m512 probe_finite(__m512 probe,
+                                                                            __m512 x) {
+  return _mm512_fmadd_ps(x, _mm512_setzero_ps(), probe);
+}
+
+__attribute__((target("avx512f"), always_inline)) inline bool all_finite(__m512 probe) {
+  return _mm512_cmp_ps_mask(probe, probe, _CMP_UNORD_Q) == 0;
 }
 
 // float <-> bfloat16, 16 at a time; the narrowing rounds to nearest even and keeps NaN a NaN,
@@ -343,6 +391,18 @@ __attribute__((always_inline)) inline void prefetch_next_tile(const scalar_t* p,
   for (int i = 32; i < 48; ++i) __builtin_prefetch(p + i * stride, 0, 2);
 }
 
+// forward16 of the transposed tile v (register k: channel c + k).
+template <bool exact, typename Tables>
+__attribute__((target("avx512f"), always_inline)) inline void forward_tile_values(
+    __m512* v, int64_t c, const Tables& tab, __m512 vn) {
+  for (int k = 0; k < 16; ++k) {
+    const int64_t s = c + k;
+    v[k] = forward16<exact>(v[k], load_table(tab.slopes_of(s)), load_table(tab.intercepts_of(s)),
+                            _mm512_set1_ps(tab.ranges[s].left_bound),
+                            _mm512_set1_ps(tab.ranges[s].inv_width), vn);
+  }
+}
+
 // Forward of a tile of 16 rows (row i at x + i * stride) and `channels` channels, in blocks of
 // 16. Returns the number of leading channels done.
 template <typename scalar_t, typename Tables>
@@ -354,13 +414,18 @@ __attribute__((target("avx512f"))) int64_t forward_tile(const scalar_t* x, scala
   for (; c + 16 <= channels; c += 16) {
     prefetch_next_tile(x + c, stride);
     __m512 v[16];
-    for (int i = 0; i < 16; ++i) v[i] = load(x + i * stride + c);
+    __m512 probe = _mm512_setzero_ps();
+    for (int i = 0; i < 16; ++i) {
+      v[i] = load(x + i * stride + c);
+      probe = probe_finite(probe, v[i]);
+    }
     transpose16(v);
-    for (int k = 0; k < 16; ++k) {
-      const int64_t s = c + k;
-      v[k] = forward16(v[k], load_table(tab.slopes_of(s)), load_table(tab.intercepts_of(s)),
-                       _mm512_set1_ps(tab.ranges[s].left_bound),
-                       _mm512_set1_ps(tab.ranges[s].inv_width), vn);
+    // One check per tile rather than forward16's per vector: infinities are rare, and the tile
+    // path is compute-bound.
+    if (all_finite(probe)) {
+      forward_tile_values<false>(v, c, tab, vn);
+    } else {
+      forward_tile_values<true>(v, c, tab, vn);
     }
     transpose16(v);
     for (int i = 0; i < 16; ++i) store(y + i * stride + c, v[i]);

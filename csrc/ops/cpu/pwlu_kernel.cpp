@@ -48,6 +48,15 @@ inline int table_stride(int n) { return n + 2 <= 32 ? 32 : n + 2; }
 template <typename acc_t>
 void build_padded_table(const acc_t* points, const PwluRange<acc_t>& r, acc_t left_slope,
                         acc_t right_slope, int entries, acc_t* slopes, acc_t* intercepts) {
+#ifdef PWLU_HAVE_AVX512_PATH
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (entries == 32 && avx512::available() && avx512::fits(r.num_intervals)) {
+      avx512::build_table32(points, r.left_bound, r.right_bound, r.inv_width, r.step,
+                            left_slope, right_slope, r.num_intervals, slopes, intercepts);
+      return;
+    }
+  }
+#endif
   build_table(points, r, left_slope, right_slope, slopes, intercepts);
   std::fill(slopes + r.num_intervals + 2, slopes + entries, acc_t(0));
   std::fill(intercepts + r.num_intervals + 2, intercepts + entries, acc_t(0));
