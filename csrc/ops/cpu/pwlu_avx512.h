@@ -354,13 +354,19 @@ __attribute__((target("avx512f"))) inline Pieces16 row_pieces(__m512 x, const Ro
 // lookup). Tables: per channel of the tile (channel 0 at the tile's x) ranges[c], slopes_of(c)
 // and intercepts_of(c), 32 readable entries each (GroupTables in pwlu_kernel.cpp).
 
+// Loops over a tile's 16 registers are unrolled (#pragma GCC unroll) so that the tile stays in
+// registers: rolled, GCC kept it on the stack, and the forward of a (512, 1024) input took 1.5x
+// as long (0.235 ms against 0.124-0.156 ms).
+
 // 16 x 16 transpose: lane k of r[i] <-> lane i of r[k].
 __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512* r) {
   __m512 t[16];
+  #pragma GCC unroll 16
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < 16; i += 4) {
     const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
     const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
@@ -369,12 +375,14 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512
     r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
     r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < 4; ++i) {
     t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
     t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
     t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
     t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < 4; ++i) {
     r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
     r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
@@ -395,6 +403,7 @@ __attribute__((always_inline)) inline void prefetch_next_tile(const scalar_t* p,
 template <bool exact, typename Tables>
 __attribute__((target("avx512f"), always_inline)) inline void forward_tile_values(
     __m512* v, int64_t c, const Tables& tab, __m512 vn) {
+  #pragma GCC unroll 16
   for (int k = 0; k < 16; ++k) {
     const int64_t s = c + k;
     v[k] = forward16<exact>(v[k], load_table(tab.slopes_of(s)), load_table(tab.intercepts_of(s)),
@@ -415,6 +424,7 @@ __attribute__((target("avx512f"))) int64_t forward_tile(const scalar_t* x, scala
     prefetch_next_tile(x + c, stride);
     __m512 v[16];
     __m512 probe = _mm512_setzero_ps();
+    #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) {
       v[i] = load(x + i * stride + c);
       probe = probe_finite(probe, v[i]);
@@ -428,6 +438,7 @@ __attribute__((target("avx512f"))) int64_t forward_tile(const scalar_t* x, scala
       forward_tile_values<true>(v, c, tab, vn);
     }
     transpose16(v);
+    #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) store(y + i * stride + c, v[i]);
   }
   return c;
@@ -443,6 +454,7 @@ __attribute__((target("avx512f"), always_inline)) inline void load_tiles(const s
                                                                          __m512* gv) {
   prefetch_next_tile(x, stride);
   prefetch_next_tile(g, stride);
+  #pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) {
     xv[i] = load(x + i * stride);
     gv[i] = load(g + i * stride);
@@ -469,12 +481,14 @@ __attribute__((target("avx512f"))) int64_t input_grad_tile(const scalar_t* g, co
   for (; c + 16 <= channels; c += 16) {
     __m512 xv[16], gv[16];
     load_tiles(x + c, g + c, stride, xv, gv);
+    #pragma GCC unroll 16
     for (int k = 0; k < 16; ++k) {
       const int64_t s = c + k;
       const __m512i j = entries_of(tile_coordinates(xv[k], tab, s), vn);
       gv[k] = _mm512_mul_ps(gv[k], lookup(load_table(tab.slopes_of(s)), j));
     }
     transpose16(gv);
+    #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) store(gx + i * stride + c, gv[i]);
   }
   return c;
@@ -496,6 +510,7 @@ __attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const
   for (; c + 16 <= channels; c += 16) {
     __m512 xv[16], gv[16];
     load_tiles(x + c, g + c, stride, xv, gv);
+    #pragma GCC unroll 16
     for (int k = 0; k < 16; ++k) {
       const int64_t s = c + k;
       const __m512 t = tile_coordinates(xv[k], tab, s);
@@ -507,6 +522,7 @@ __attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const
       gv[k] = _mm512_mul_ps(gv[k], lookup(load_table(tab.slopes_of(s)), j));
     }
     transpose16(gv);
+    #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) store(gx + i * gx_stride + c, gv[i]);
   }
   return c;
