@@ -1,4 +1,6 @@
 """Phase I really freezes PWLU parameters in a real mmengine Runner; phase II trains them."""
+import copy
+
 import pytest
 import torch
 
@@ -114,6 +116,55 @@ def test_constructor_options_and_custom_keys():
     assert g1['weight_decay'] == pytest.approx(5e-3) and g1['lr'] == pytest.approx(0.1)
     g2 = groups[id(model.act2.points)]  # custom key wins, as for any other parameter
     assert g2['lr'] == pytest.approx(0.005) and g2['weight_decay'] == pytest.approx(1e-2)
+
+
+def _pwlu_groups(model, wrapper):
+    pwlu = {id(p) for m in model.modules() if isinstance(m, PWLU) for p in m.parameters()}
+    return [g for g in wrapper.optimizer.param_groups
+            if any(id(p) in pwlu for p in g['params'])]
+
+
+def test_pwlu_params_share_groups_and_take_foreach():
+    """PWLU parameters with one setting share a group (one optimizer step call for all of them),
+    with foreach unless the config chooses; different settings keep different groups."""
+    model, wrapper = _build(OPTIMIZERS['sgd'], dict(norm_decay_mult=0.))
+    (group, ) = _pwlu_groups(model, wrapper)
+    assert len(group['params']) == 10 and group['foreach'] is True
+    # Every other parameter keeps its own group, as the stock constructor makes them.
+    assert all(len(g['params']) == 1 for g in wrapper.optimizer.param_groups if g is not group)
+    model, wrapper = _build(dict(OPTIMIZERS['sgd'], foreach=False),
+                            dict(custom_keys={'act2.points': dict(lr_mult=0.1)}))
+    groups = _pwlu_groups(model, wrapper)
+    assert sorted(len(g['params']) for g in groups) == [1, 9]
+    assert all(g['foreach'] is False for g in groups)
+
+
+@pytest.mark.parametrize('name', sorted(OPTIMIZERS))
+def test_shared_pwlu_groups_step_like_per_parameter_groups(name):
+    """Two steps with the shared (foreach) groups equal two steps with a group per parameter."""
+    torch.manual_seed(0)
+    model, wrapper = _build(OPTIMIZERS[name], dict(norm_decay_mult=0.))
+    for m in (model.act1, model.act2):
+        m(torch.randn(2, 4, 3, 3))
+        m.realign()
+    reference = copy.deepcopy(model)
+    before = model.act1.points.detach().clone()
+    per_param = [dict(g, params=[reference.get_parameter(n)]) for n, p in model.named_parameters()
+                 for g in wrapper.optimizer.param_groups if any(p is q for q in g['params'])]
+    for g in per_param:
+        g.pop('foreach', None)
+    optimizer_type = getattr(torch.optim, OPTIMIZERS[name]['type'])
+    ref_optimizer = optimizer_type(per_param, lr=OPTIMIZERS[name]['lr'])
+    for step in range(2):
+        for m in (model, reference):
+            g = torch.Generator().manual_seed(step)
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+        wrapper.step()
+        ref_optimizer.step()
+    for (n, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-7, rtol=1e-6, msg=lambda m: f'{n}: {m}')
+    assert not torch.equal(model.act1.points, before)  # the PWLU parameters did move
 
 
 def test_constructor_overrides_optimizer_default_decay():

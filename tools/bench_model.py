@@ -3,8 +3,9 @@ with ReLU, Swish and PWLU at every activation site, as ratios to ReLU.
 
 Each activation runs in its own subprocess (a clean peak-memory reading); inside it, the model
 is built from the config with ``model.act_cfg.type`` set, PWLU layers are realigned (phase II, the
-expensive phase), and a fixed synthetic batch is timed: ``train`` = forward + backward +
-optimizer step, ``inference`` = ``model.test_step``. The subprocesses run in ``--rounds`` rounds,
+expensive phase), and a fixed synthetic batch is timed: ``train`` = ``model.train_step`` with
+the config's optimizer wrapper (forward, backward, optimizer step, zero_grad), ``inference`` =
+``model.test_step``. The subprocesses run in ``--rounds`` rounds,
 each starting with another activation, and each time is the median over rounds of the
 per-process medians, so that a machine whose speed drifts (shared CPUs) shifts every activation
 alike. ``--interleaved`` instead builds every model in this process and alternates their steps
@@ -16,6 +17,7 @@ Example:
     python tools/bench_model.py CONFIG --interleaved --repeat 30
 """
 import argparse
+import copy
 import json
 import os
 import platform
@@ -61,8 +63,12 @@ def build_steps(args, activation: str):
         with torch.no_grad():
             model(**model.data_preprocessor(packed, True), mode='loss')
         realign_model(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    # The config's optimizer, as the runner builds it (PWLUOptimWrapperConstructor: its param
+    # groups are part of the step's cost), with a learning rate too small to move the model.
+    from mmengine.optim import build_optim_wrapper
+    optim_cfg = copy.deepcopy(cfg.optim_wrapper)
+    optim_cfg.optimizer.lr = 1e-6
+    optim_wrapper = build_optim_wrapper(model, optim_cfg)
 
     def sync():
         if device.type == 'cuda':
@@ -70,10 +76,7 @@ def build_steps(args, activation: str):
 
     def train_step():
         model.train()
-        loss, _ = model.parse_losses(model(**model.data_preprocessor(packed, True), mode='loss'))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        model.train_step(packed, optim_wrapper)  # forward, backward, step, zero_grad
 
     def infer_step():
         model.eval()

@@ -10,6 +10,12 @@ base_lr * pwlu_lr_mult``. In phase I they get no gradient, which every torch opt
 "skip this parameter" -- no step, no weight decay, no momentum, no Adam step count -- so they
 stay bit-identical until :meth:`PWLU.realign` makes them trainable.
 
+PWLU parameters with the same settings share one param group (the stock constructor makes a
+group per parameter), which takes the optimizer's multi-tensor (``foreach``) path where it has
+one and the config does not choose: a detector has five small PWLU tensors per activation, and
+stepping them one group at a time cost the quick-start Mask R-CNN 1.7 ms per training step
+(0.7 ms shared and ``foreach``, on CPU).
+
 Config (any mmdet ``optim_wrapper``, stock ``paramwise_cfg`` options still apply to the other
 parameters)::
 
@@ -21,10 +27,11 @@ parameters)::
 A ``custom_keys`` entry of ``paramwise_cfg`` that matches a PWLU parameter's name takes
 precedence, exactly as it does for any other parameter.
 """
+import inspect
 from typing import List, Optional
 
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from torch import nn
 
 from ..layers import PWLU
@@ -56,6 +63,20 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             # empty custom_keys selects that path and changes nothing for other parameters
             # (their groups get the optimizer's defaults).
             self.paramwise_cfg = dict(custom_keys={})
+        self._shared_groups = {}
+
+    def _takes_foreach(self) -> bool:
+        """Whether the PWLU groups may ask for ``foreach``: the optimizer has the option and
+        the config leaves it to the default."""
+        if 'foreach' in self.optimizer_cfg:
+            return False
+        optimizer_type = self.optimizer_cfg.get('type')
+        cls = OPTIMIZERS.get(optimizer_type) if isinstance(optimizer_type,
+                                                           str) else optimizer_type
+        try:
+            return cls is not None and 'foreach' in inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            return False
 
     def _pwlu_group(self, name: str, param: nn.Parameter) -> dict:
         group = {'params': [param]}
@@ -94,9 +115,18 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             group = self._pwlu_group(full_name, param)
             if bypass_duplicate and self._is_in(group, params):
                 continue
+            settings = tuple(sorted((k, v) for k, v in group.items() if k != 'params'))
+            shared = self._shared_groups.get(settings)
+            if shared is not None:
+                shared['params'].append(param)
+                continue
+            if self._takes_foreach():
+                group['foreach'] = True
+            self._shared_groups[settings] = group
             params.append(group)
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
+        self._shared_groups = {}  # groups are shared within one optimizer only
         optim_wrapper = super().__call__(model)
         # Lets PWLUHook tell a deliberate PWLU weight decay from a stock constructor's default.
         optim_wrapper.pwlu_param_groups = True
