@@ -137,6 +137,10 @@ def test_pwlu_params_share_groups_and_take_foreach():
     groups = _pwlu_groups(model, wrapper)
     assert sorted(len(g['params']) for g in groups) == [1, 9]
     assert all(g['foreach'] is False for g in groups)
+    # The old layout, a group per parameter (to resume an optimizer state saved with it).
+    model, wrapper = _build(OPTIMIZERS['sgd'], dict(pwlu_shared_groups=False))
+    groups = _pwlu_groups(model, wrapper)
+    assert len(groups) == 10 and all(len(g['params']) == 1 for g in groups)
 
 
 @pytest.mark.parametrize('name', sorted(OPTIMIZERS))

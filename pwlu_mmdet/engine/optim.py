@@ -14,7 +14,8 @@ PWLU parameters with the same settings share one param group (the stock construc
 group per parameter), which takes the optimizer's multi-tensor (``foreach``) path where it has
 one and the config does not choose: a detector has five small PWLU tensors per activation, and
 stepping them one group at a time cost the quick-start Mask R-CNN 1.7 ms per training step
-(0.7 ms shared and ``foreach``, on CPU).
+(0.7 ms shared and ``foreach``, on CPU). ``pwlu_shared_groups=False`` keeps a group per
+parameter, as before, e.g. to resume an optimizer state saved that way.
 
 Config (any mmdet ``optim_wrapper``, stock ``paramwise_cfg`` options still apply to the other
 parameters)::
@@ -51,12 +52,16 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
               Defaults to 0.
             - ``pwlu_lr_mult`` (float): learning-rate multiplier of PWLU parameters.
               Defaults to 1.
+            - ``pwlu_shared_groups`` (bool): PWLU parameters with the same settings share a
+              param group (``foreach`` where the optimizer has it and the config does not
+              choose). False: one group per parameter. Defaults to True.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
         paramwise_cfg = dict(paramwise_cfg or {})
         self.pwlu_decay_mult = float(paramwise_cfg.pop('pwlu_decay_mult', 0.))
         self.pwlu_lr_mult = float(paramwise_cfg.pop('pwlu_lr_mult', 1.))
+        self.pwlu_shared_groups = bool(paramwise_cfg.pop('pwlu_shared_groups', True))
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         if not self.paramwise_cfg:
             # The parent only walks modules (add_params) when paramwise_cfg is non-empty; an
@@ -114,6 +119,9 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             full_name = f'{prefix}.{name}' if prefix else name
             group = self._pwlu_group(full_name, param)
             if bypass_duplicate and self._is_in(group, params):
+                continue
+            if not self.pwlu_shared_groups:
+                params.append(group)
                 continue
             settings = tuple(sorted((k, v) for k, v in group.items() if k != 'params'))
             shared = self._shared_groups.get(settings)
