@@ -69,6 +69,7 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             # (their groups get the optimizer's defaults).
             self.paramwise_cfg = dict(custom_keys={})
         self._shared_groups = {}
+        self._pwlu_foreach = self._takes_foreach()
 
     def _takes_foreach(self) -> bool:
         """Whether the PWLU groups may ask for ``foreach``: the optimizer has the option and
@@ -128,7 +129,7 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if shared is not None:
                 shared['params'].append(param)
                 continue
-            if self._takes_foreach():
+            if self._pwlu_foreach:
                 group['foreach'] = True
             self._shared_groups[settings] = group
             params.append(group)

@@ -471,38 +471,14 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 tile_coordinates
                      _mm512_set1_ps(tab.ranges[s].inv_width));
 }
 
-// grad_x = g * S_j of a tile (as forward_tile). Returns the number of leading channels done.
-template <typename scalar_t, typename Tables>
-__attribute__((target("avx512f"))) int64_t input_grad_tile(const scalar_t* g, const scalar_t* x,
-                                                           scalar_t* gx, int64_t stride,
-                                                           int64_t channels, const Tables& tab) {
-  const __m512 vn = _mm512_set1_ps(static_cast<float>(tab.n));
-  int64_t c = 0;
-  for (; c + 16 <= channels; c += 16) {
-    __m512 xv[16], gv[16];
-    load_tiles(x + c, g + c, stride, xv, gv);
-    #pragma GCC unroll 16
-    for (int k = 0; k < 16; ++k) {
-      const int64_t s = c + k;
-      const __m512i j = entries_of(tile_coordinates(xv[k], tab, s), vn);
-      gv[k] = _mm512_mul_ps(gv[k], lookup(load_table(tab.slopes_of(s)), j));
-    }
-    transpose16(gv);
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) store(gx + i * stride + c, gv[i]);
-  }
-  return c;
-}
-
-// Prepass of a tile (see prepass_row): grad_x (row i at gx + i * gx_stride), and the slot and
-// pair of channel c, row i at element c * 16 + i of the scratch, i.e. by channel;
-// slot = c * W + 2 j. Returns the number of leading channels done.
-template <typename scalar_t, typename Tables>
-__attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const scalar_t* x,
-                                                        int64_t stride, scalar_t* gx,
-                                                        int64_t gx_stride, int64_t channels,
-                                                        const Tables& tab, int32_t* slot,
-                                                        float* pairs) {
+// grad_x = g * S_j of a tile (as forward_tile; row i of grad_x at gx + i * gx_stride) and,
+// with `histogram` (the prepass, see prepass_row), the slot and pair of channel c, row i at
+// element c * 16 + i of the scratch, i.e. by channel; slot = c * W + 2 j. Returns the number of
+// leading channels done.
+template <bool histogram, typename scalar_t, typename Tables>
+__attribute__((target("avx512f"), always_inline)) inline int64_t grad_tile(
+    const scalar_t* g, const scalar_t* x, int64_t stride, scalar_t* gx, int64_t gx_stride,
+    int64_t channels, const Tables& tab, int32_t* slot, float* pairs) {
   const __m512 vn = _mm512_set1_ps(static_cast<float>(tab.n));
   const __m512i vni = _mm512_set1_epi32(tab.n);
   const int width = 2 * (tab.n + 2);
@@ -515,10 +491,14 @@ __attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const
       const int64_t s = c + k;
       const __m512 t = tile_coordinates(xv[k], tab, s);
       const __m512i j = entries_of(t, vn);
-      const int64_t e = s * 16;
-      _mm512_storeu_si512(slot + e, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(s) * width),
-                                                     _mm512_add_epi32(j, j)));
-      store_pairs(pairs + 2 * e, gv[k], _mm512_mul_ps(gv[k], _mm512_sub_ps(t, entry_bases(j, vni))));
+      if (histogram) {
+        const int64_t e = s * 16;
+        _mm512_storeu_si512(
+            slot + e, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(s) * width),
+                                       _mm512_add_epi32(j, j)));
+        store_pairs(pairs + 2 * e, gv[k],
+                    _mm512_mul_ps(gv[k], _mm512_sub_ps(t, entry_bases(j, vni))));
+      }
       gv[k] = _mm512_mul_ps(gv[k], lookup(load_table(tab.slopes_of(s)), j));
     }
     transpose16(gv);
@@ -526,6 +506,22 @@ __attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const
     for (int i = 0; i < 16; ++i) store(gx + i * gx_stride + c, gv[i]);
   }
   return c;
+}
+
+template <typename scalar_t, typename Tables>
+__attribute__((target("avx512f"))) int64_t input_grad_tile(const scalar_t* g, const scalar_t* x,
+                                                           scalar_t* gx, int64_t stride,
+                                                           int64_t channels, const Tables& tab) {
+  return grad_tile<false>(g, x, stride, gx, stride, channels, tab, nullptr, nullptr);
+}
+
+template <typename scalar_t, typename Tables>
+__attribute__((target("avx512f"))) int64_t prepass_tile(const scalar_t* g, const scalar_t* x,
+                                                        int64_t stride, scalar_t* gx,
+                                                        int64_t gx_stride, int64_t channels,
+                                                        const Tables& tab, int32_t* slot,
+                                                        float* pairs) {
+  return grad_tile<true>(g, x, stride, gx, gx_stride, channels, tab, slot, pairs);
 }
 
 // Forward of a row (forward_value_points). Returns the number of leading channels done.

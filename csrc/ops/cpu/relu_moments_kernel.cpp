@@ -104,15 +104,17 @@ C10_ALWAYS_INLINE void squared_deviations_rows_impl(const scalar_t* __restrict__
 PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_LOOPS)
 #undef PWLU_DEFINE_CLONED_LOOPS
 
+// The moments of a piece of `count` elements from its mean and sum of squared deviations.
+template <typename acc_t>
+Moments piece_moments(int64_t count, acc_t mean, acc_t m2) {
+  return {static_cast<double>(count), static_cast<double>(mean), static_cast<double>(m2)};
+}
+
 // relu over a run and the run's moments: two passes while the run is in cache.
 template <typename scalar_t, typename acc_t>
 Moments relu_moments_run(const scalar_t* x, scalar_t* y, int64_t len) {
   const acc_t mean = relu_sum(x, y, len) / static_cast<acc_t>(len);
-  Moments m;
-  m.count = static_cast<double>(len);
-  m.mean = static_cast<double>(mean);
-  m.m2 = static_cast<double>(squared_deviations(x, len, mean));
-  return m;
+  return piece_moments(len, mean, squared_deviations(x, len, mean));
 }
 
 // A long run, piece by piece.
@@ -144,11 +146,7 @@ Moments relu_moments_short_runs(const scalar_t* x, scalar_t* y, int64_t count, i
     const acc_t mean = sum / static_cast<acc_t>(n);
     acc_t m2 = 0;
     for (int64_t o = first; o < last; ++o) m2 += squared_deviations(x + o * stride, len, mean);
-    Moments m;
-    m.count = static_cast<double>(n);
-    m.mean = static_cast<double>(mean);
-    m.m2 = static_cast<double>(m2);
-    total = combine_moments(total, m);
+    total = combine_moments(total, piece_moments(n, mean, m2));
   }
   return total;
 }
@@ -227,11 +225,7 @@ std::vector<Moments> relu_moments_kernel(const scalar_t* x, scalar_t* y, const P
         for (int64_t c = 0; c < count; ++c) mean[c] /= n;
         squared_deviations_rows(x + base, n_rows, channels, count, mean.data(), m2.data());
         for (int64_t c = 0; c < count; ++c) {
-          Moments m;
-          m.count = static_cast<double>(n_rows);
-          m.mean = static_cast<double>(mean[c]);
-          m.m2 = static_cast<double>(m2[c]);
-          mine[c] = combine_moments(mine[c], m);
+          mine[c] = combine_moments(mine[c], piece_moments(n_rows, mean[c], m2[c]));
         }
       }
     }
