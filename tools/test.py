@@ -23,6 +23,7 @@ from mmengine.config import Config
 
 import pwlu_mmdet.models  # noqa: F401  (registers PWLU, PWLUHook and the Act* components)
 from pwlu_mmdet.models.cli import add_common_args, build_runner, load_config
+from pwlu_mmdet.utils.dist import destroy_process_group
 
 
 def parse_args(argv=None):
@@ -101,6 +102,8 @@ def main(argv=None):
         with open(args.metrics_out, 'w') as f:
             json.dump(dict(config=args.config, checkpoint=args.checkpoint, metrics=metrics), f,
                       indent=2)
+    del runner
+    destroy_process_group()  # the runner is gone: end torch.distributed before the exit
     return metrics
 
 

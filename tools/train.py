@@ -13,6 +13,7 @@ from mmengine.config import Config
 
 import pwlu_mmdet.models  # noqa: F401  (registers PWLU, PWLUHook and the Act* components)
 from pwlu_mmdet.models.cli import add_common_args, build_runner, load_config
+from pwlu_mmdet.utils.dist import destroy_process_group
 
 
 def parse_args(argv=None):
@@ -62,6 +63,7 @@ def main(argv=None):
     # Reduce the number of repeated compilations and improve training speed.
     setup_cache_size_limit_of_dynamo()
     build_runner(build_cfg(args)).train()
+    destroy_process_group()  # the runner is gone: end torch.distributed before the exit
 
 
 if __name__ == '__main__':

@@ -47,7 +47,7 @@ class PWLUGradSync:
             construction time are assumed to be in DDP's reducer already (DDP was built when they
             were trainable) and are left to it; ``no_sync()`` is honoured. Defaults to None.
         process_group (ProcessGroup, optional): Defaults to the DDP wrapper's, else the default
-            group.
+            group (looked up at each sync, never held).
     """
 
     def __init__(self,
@@ -56,6 +56,10 @@ class PWLUGradSync:
                  process_group=None) -> None:
         if process_group is None and ddp is not None:
             process_group = getattr(ddp, 'process_group', None)
+            if process_group is dist.group.WORLD:
+                # Resolved at each sync instead: a reference here would keep the default group
+                # (and gloo's worker threads) alive after destroy_process_group().
+                process_group = None
         self.process_group = process_group
         self.params: List[nn.Parameter] = []
         self.names: List[str] = []

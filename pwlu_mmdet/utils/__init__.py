@@ -1,1 +1,2 @@
-"""Utilities. ``pwlu_mmdet.utils.testing`` (tiny model and dataset) needs mmengine."""
+"""Utilities. ``pwlu_mmdet.utils.dist`` needs only torch; ``pwlu_mmdet.utils.testing`` (tiny
+model and dataset) needs mmengine."""
