@@ -127,6 +127,34 @@ def test_resume_after_the_switch_stays_in_phase_two(trained, data_root, tmp_path
     assert (before[key] - after[key]).abs().max() < 0.1
 
 
+def run_dist(script, *args):
+    """A ``tools/dist_*.sh`` launcher with 2 processes (gloo on CPU), as a user runs it."""
+    from pwlu_mmdet.utils.testing import free_port
+    env = dict(os.environ, PORT=str(free_port()),
+               PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
+    proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Also fails if a rank aborts at exit after the job itself finished.
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_two_process_train_and_test(data_root, tmp_path):
+    work_dir = str(tmp_path / 'work')
+    log = run_dist('dist_train.sh', CONFIG, '2', '--work-dir', work_dir, *options(data_root, 4))
+    assert 'Distributed training: True' in log
+    assert log.count('realigned 28 PWLU layers at iter 2') == 1  # logged by rank 0 only
+    assert all(checkpoint_phases(osp.join(work_dir, 'iter_4.pth')))
+    metrics_file = str(tmp_path / 'metrics.json')
+    log = run_dist('dist_test.sh', CONFIG, osp.join(work_dir, 'iter_4.pth'), '2', '--work-dir',
+                   str(tmp_path / 'test'), '--metrics-out', metrics_file,
+                   *options(data_root, 4, 'model.test_cfg.rcnn.score_thr=0.0'))
+    with open(metrics_file) as f:
+        metrics = json.load(f)['metrics']
+    assert 0 <= metrics['coco/bbox_mAP_50'] <= 1 and 0 <= metrics['coco/segm_mAP_50'] <= 1
+
+
 def test_quickstart_smoke(tmp_path):
     out = run('quickstart.py', '--data-root', str(tmp_path / 'data'), '--work-dir',
               str(tmp_path / 'work'), '--acts', 'pwlu', '--iters', '3', '--realign-iter', '1',

@@ -2,12 +2,15 @@
 import argparse
 import os
 import os.path as osp
+from datetime import timedelta
 
+import torch
+import torch.distributed as dist
 from mmdet.registry import RUNNERS
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-__all__ = ['add_common_args', 'load_config', 'build_runner']
+__all__ = ['add_common_args', 'load_config', 'init_cpu_distributed', 'build_runner']
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +45,29 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def init_cpu_distributed(cfg: Config) -> None:
+    """``--launcher pytorch`` without CUDA: a gloo process group and DDP without device ids.
+
+    mmengine's ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` and its default DDP
+    wrapper gets ``device_ids=[LOCAL_RANK]``; both need a GPU. Started here, the group makes
+    the runner skip ``init_dist``, so ``torchrun --nproc_per_node N tools/train.py ...`` runs on
+    CPUs too (to try a multi-process setup without GPUs). Does nothing in other cases.
+    """
+    if cfg.get('launcher') != 'pytorch' or torch.cuda.is_available() or dist.is_initialized():
+        return
+    timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout')
+    dist.init_process_group('gloo', timeout=None if timeout is None else timedelta(seconds=timeout))
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper.setdefault('device_ids', None)
+    cfg.model_wrapper_cfg = wrapper
+
+
 def build_runner(cfg: Config) -> Runner:
-    """mmengine's default runner, or ``cfg.runner_type`` from the registry."""
+    """mmengine's default runner, or ``cfg.runner_type`` from the registry (after
+    :func:`init_cpu_distributed`)."""
+    init_cpu_distributed(cfg)
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
     return RUNNERS.build(cfg)
