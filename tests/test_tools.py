@@ -83,6 +83,19 @@ def test_train_switches_phase(trained):
     assert not any(phases_2) and all(phases_4)
 
 
+@pytest.mark.slow
+def test_training_is_reproducible(trained, data_root, tmp_path):
+    """The synthetic configs fix the seed: the same command gives the same weights (README's
+    quick-start table can be reproduced), through the phase switch at iteration 2."""
+    work_dir, _ = trained
+    run('train.py', CONFIG, '--work-dir', str(tmp_path), *options(data_root, 4))
+    first = torch.load(osp.join(work_dir, 'iter_4.pth'), weights_only=False)['state_dict']
+    again = torch.load(str(tmp_path / 'iter_4.pth'), weights_only=False)['state_dict']
+    assert first.keys() == again.keys()
+    for key, value in first.items():
+        assert torch.equal(value, again[key]), key
+
+
 def test_test_tool_reports_coco_metrics(trained, data_root, tmp_path):
     work_dir, _ = trained
     metrics_file, dump = str(tmp_path / 'metrics.json'), str(tmp_path / 'preds.pkl')
@@ -158,8 +171,10 @@ def test_two_process_train_and_test(data_root, tmp_path):
 def test_quickstart_smoke(tmp_path):
     out = run('quickstart.py', '--data-root', str(tmp_path / 'data'), '--work-dir',
               str(tmp_path / 'work'), '--acts', 'pwlu', '--iters', '3', '--realign-iter', '1',
-              '--num-train', '4', '--num-val', '2', '--min-ap50', '0')
+              '--num-train', '4', '--num-val', '2', '--min-ap50', '0', '--seed', '3')
     assert '[PWLU train] PWLUHook: realigned' in out
+    with open(tmp_path / 'work' / 'pwlu' / 'train.log') as f:
+        assert '    seed: 3\n' in f.read()  # mmengine's runtime environment report
     assert '| activation | bbox_mAP | bbox_mAP_50 | segm_mAP | segm_mAP_50 |' in out
     assert '| PWLU |' in out
     assert osp.exists(tmp_path / 'work' / 'pwlu' / 'metrics.json')

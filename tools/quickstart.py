@@ -45,6 +45,8 @@ def parse_args(argv=None):
                         help='activations to train (default: relu pwlu)')
     parser.add_argument('--min-ap50', type=float, default=0.3,
                         help='fail if the PWLU bbox mAP_50 on val is below this')
+    parser.add_argument('--seed', type=int,
+                        help='training seed (default: the configs\' randomness.seed, 0)')
     # Smaller runs (tests); the defaults are the documented quick start.
     parser.add_argument('--iters', type=int, help='override train_cfg.max_iters')
     parser.add_argument('--realign-iter', type=int, help='override the PWLU realign iteration')
@@ -93,6 +95,8 @@ def train_and_test(act: str, args) -> dict:
     if not osp.exists(config):  # e.g. Swish: the ReLU config with the one-key switch
         config = CONFIG.format('relu')
         options.append(f'model.act_cfg.type={ACT_NAMES[act]}')
+    if args.seed is not None:
+        options.append(f'randomness.seed={args.seed}')
     if args.iters is not None:
         options.append(f'train_cfg.max_iters={args.iters}')
     if args.realign_iter is not None:
