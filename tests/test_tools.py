@@ -157,6 +157,7 @@ def test_two_process_train_and_test(data_root, tmp_path):
     work_dir = str(tmp_path / 'work')
     log = run_dist('dist_train.sh', CONFIG, '2', '--work-dir', work_dir, *options(data_root, 4))
     assert 'Distributed training: True' in log
+    assert 'device_ids=None' in log  # CPU DDP (init_cpu_distributed), in the config dump
     assert log.count('realigned 28 PWLU layers at iter 2') == 1  # logged by rank 0 only
     assert all(checkpoint_phases(osp.join(work_dir, 'iter_4.pth')))
     metrics_file = str(tmp_path / 'metrics.json')
