@@ -32,12 +32,18 @@ quickstart = load_tool('quickstart.py')
 report = load_tool(osp.join('analysis', 'report.py'))
 
 
-def run(tool, *args):
-    """Run a tool in a fresh interpreter, as a user does; returns its output."""
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', tool), *args], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def run_command(cmd, env=None):
+    """Run cmd from the repository root; returns its output, asserting exit status 0 (which
+    also catches a process that aborts at exit after its job finished)."""
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:]
     return proc.stdout
+
+
+def run(tool, *args):
+    """Run a tool in a fresh interpreter, as a user does; returns its output."""
+    return run_command([sys.executable, osp.join(ROOT, 'tools', tool), *args])
 
 
 @pytest.fixture(scope='module')
@@ -145,11 +151,7 @@ def run_dist(script, *args):
     from pwlu_mmdet.utils.testing import free_port
     env = dict(os.environ, PORT=str(free_port()),
                PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
-    proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *args], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Also fails if a rank aborts at exit after the job itself finished.
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    return proc.stdout
+    return run_command(['bash', osp.join(ROOT, 'tools', script), *args], env)
 
 
 @pytest.mark.slow
