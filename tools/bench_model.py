@@ -121,25 +121,39 @@ def measure(args) -> dict:
     return results
 
 
+def interleaved_times(fns: dict, sync, repeat: int, warmup: int) -> dict:
+    """Times (ms) of ``repeat`` calls of every function in ``fns``, interleaved: each round
+    calls all of them once, starting with another one each round, so that drift in the
+    machine's speed hits each alike. Returns ``{name: [ms, ...]}`` in round order."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times = {name: [] for name in names}
+    for i in range(repeat):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            times[name].append(timed_ms(fns[name], sync))
+    return times
+
+
+def median_ratios(times: dict, base: str = 'ReLU') -> dict:
+    """Per name: ``(median ms, median of the per-round ratios to base)``; per-round ratios
+    cancel the drift between rounds (this VM's speed moves by 10-20% within a minute)."""
+    return {name: (statistics.median(t), statistics.median(a / b for a, b in zip(t, times[base])))
+            for name, t in times.items()}
+
+
 def measure_interleaved(args, activations) -> dict:
-    """All activations in this process, their steps interleaved (ReLU, Swish, PWLU, then the
-    next round starting with another one), so that drift in the machine's speed hits each alike;
-    no memory figures. Ratios are medians of per-round ratios to ReLU's step of the same round,
-    which cancels the drift between rounds (this VM's speed moves by 10-20% within a minute)."""
+    """All activations in this process, their steps interleaved (:func:`interleaved_times`);
+    no memory figures. Ratios are medians of per-round ratios to ReLU's step of the same round."""
     steps = {act: build_steps(args, act) for act in activations}
     results = {act: {} for act in activations}
     for name, index in (('train', 1), ('inference', 2)):
-        times = {act: [] for act in activations}
-        for _ in range(args.warmup):
-            for act in activations:
-                steps[act][index]()
-        for i in range(args.repeat):
-            for act in activations[i % len(activations):] + activations[:i % len(activations)]:
-                times[act].append(timed_ms(steps[act][index], steps[act][3]))
-        for act in activations:
-            results[act][f'{name}_ms'] = statistics.median(times[act])
-            results[act][f'{name}_ratio'] = statistics.median(
-                t / r for t, r in zip(times[act], times['ReLU']))
+        times = interleaved_times({act: steps[act][index] for act in activations},
+                                  steps['ReLU'][3], args.repeat, args.warmup)
+        for act, (ms, ratio) in median_ratios(times).items():
+            results[act][f'{name}_ms'] = ms
+            results[act][f'{name}_ratio'] = ratio
     for act in activations:
         results[act]['num_pwlu'] = _count_pwlu(steps[act][0])
     return results
