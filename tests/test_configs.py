@@ -35,7 +35,8 @@ def act_counts(model):
     counts = {}
     for m in model.modules():
         name = type(m).__name__
-        if name in ('ReLU', 'Swish', 'PWLU', 'SiLU'):
+        if name in ('ReLU', 'Swish', 'PWLU', 'SiLU', 'FReLU', 'ChannelPReLU', 'PReLU', 'APL',
+                    'PAU'):
             counts[name] = counts.get(name, 0) + 1
     return counts
 
@@ -43,10 +44,10 @@ def act_counts(model):
 def test_config_list():
     names = {osp.basename(f) for f in CONFIGS}
     for det in ('mask-rcnn', 'retinanet'):
-        for act in ('relu', 'swish', 'pwlu'):
+        for act in ('relu', 'swish', 'frelu', 'pwlu'):
             assert f'{det}_r50-scratch_fpn_gn-all-{act}_3x_coco.py' in names
     assert 'mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py' in names
-    assert len(PAPER) == 6
+    assert len(PAPER) == 8
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.basename(p)[:-3])
@@ -109,7 +110,9 @@ def test_variants_differ_only_in_activation(det):
     assert len(dicts) >= 2 and all(d == dicts[0] for d in dicts)
 
 
-@pytest.mark.parametrize('target, count', [('Swish', 60), ('ReLU', 60), ('PWLU', 60)])
+@pytest.mark.parametrize('target, count', [('Swish', 60), ('ReLU', 60), ('PWLU', 60),
+                                           ('FReLU', 60), ('ChannelPReLU', 60), ('APL', 60),
+                                           ('PAU', 60)])
 def test_act_switch_from_cfg_options(target, count):
     """`tools/train.py CONFIG --cfg-options model.act_cfg.type=X` switches every site."""
     train = load_tool('train')
@@ -132,3 +135,20 @@ def test_act_switch_with_pwlu_options_from_cfg_options():
     layers = [m for m in model.modules() if isinstance(m, PWLU)]
     assert len(layers) == 60
     assert all(m.num_intervals == 8 and m.mode == 'layer' for m in layers)
+
+
+@pytest.mark.parametrize('det, sites', [('mask_rcnn/mask-rcnn', 60), ('retinanet/retinanet', 57)])
+def test_frelu_configs(det, sites):
+    """Table 3's F-ReLU row: a funnel unit at every site (the box head's fc sites included, as
+    1 x 1 funnels), GroupNorm in every funnel condition, no ReLU module left."""
+    from pwlu_mmdet.layers import FReLU
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', f'{det}_r50-scratch_fpn_gn-all-frelu_3x_coco.py'))
+    model = MODELS.build(cfg.model)
+    frelus = [m for m in model.modules() if isinstance(m, FReLU)]
+    assert len(frelus) == sites and act_counts(model) == {'FReLU': sites}
+    assert not [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.SiLU, PWLU))]
+    assert all(m.flat_input == 'funnel' and isinstance(m.norm, nn.GroupNorm)
+               and m.norm.num_groups == 32 for m in frelus)
+    if sites == 60:
+        fc_sites = model.roi_head.bbox_head.shared_fc_acts
+        assert len(fc_sites) == 1 and isinstance(fc_sites[0], FReLU)

@@ -12,11 +12,13 @@ from mmdet.registry import MODELS  # noqa: E402
 from mmdet.testing import demo_mm_inputs  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
 from mmengine.config import Config  # noqa: E402
+from mmengine.optim import build_optim_wrapper  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import pwlu_mmdet.models  # noqa: E402,F401
 from pwlu_mmdet import PWLU  # noqa: E402
 from pwlu_mmdet.engine import realign_model  # noqa: E402
+from pwlu_mmdet.layers import TORCH_ACTIVATIONS  # noqa: E402
 from pwlu_mmdet.models import spread_act_cfg  # noqa: E402
 
 register_all_modules()
@@ -399,3 +401,37 @@ def test_mmdet_component_in_act_detector_warns():
     with pytest.warns(UserWarning, match='use ActResNet'):
         model = MODELS.build(cfg.model)
     assert len(pwlu_sites(model)) == 8
+
+
+@pytest.mark.parametrize('act', ['ReLU', 'Swish', 'ChannelPReLU', 'APL', 'PAU', 'FReLU', 'PWLU'])
+def test_quickstart_model_trains_one_step(act):
+    """One training step of the quick-start model with each comparison activation, selected
+    by ``model.act_cfg.type`` alone."""
+    torch.manual_seed(0)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'synthetic',
+                                   'mask-rcnn_r18-tiny_fpn_gn-all-relu_synthetic.py'))
+    cfg.model.act_cfg = dict(type=act)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    sites = [m for m in model.modules() if type(m) is TORCH_ACTIVATIONS.get(act, type(None))]
+    if act != 'Swish':  # mmcv's Swish is another class than the torch-only twin
+        assert len(sites) == 28  # the quick-start model's sites (ResNet-18: 17, RPN 1, heads 10)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    packed = demo_mm_inputs(2, [(3, 128, 128)] * 2, num_items=[3, 3], num_classes=4,
+                            with_mask=True)
+    before = [p.detach().clone() for m in sites for p in m.parameters()]
+    model.train()
+    with OpRecorder() as rec:
+        losses = model.train_step(packed, optim_wrapper)
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    # The activations' own parameters are in the optimizer and moved (PWLU's are frozen in
+    # phase I, before its realignment).
+    after = [p.detach() for m in sites for p in m.parameters()]
+    if act in ('ChannelPReLU', 'APL', 'PAU', 'FReLU'):
+        assert before and any(not torch.equal(a, b) for a, b in zip(before, after))
+    # No ReLU runs where the activation is not built from one (PReLU's and APL's ops are).
+    assert bool(relu_ops(rec.ops)) == (act in ('ReLU', 'ChannelPReLU', 'APL', 'PWLU'))
+    model.eval()
+    with torch.no_grad():
+        results = model.test_step(packed)
+    assert len(results) == 2

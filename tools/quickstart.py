@@ -29,7 +29,9 @@ from pwlu_mmdet.datasets import generate_synthetic_coco
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'synthetic', 'mask-rcnn_r18-tiny_fpn_gn-all-{}_synthetic.py')
 ACTS = ('relu', 'pwlu')
-ACT_NAMES = dict(relu='ReLU', pwlu='PWLU', swish='Swish')
+# --acts names: the paper's comparison set (Table 2), each selected by model.act_cfg.type.
+ACT_NAMES = dict(relu='ReLU', swish='Swish', prelu='ChannelPReLU', apl='APL', pau='PAU',
+                 frelu='FReLU', pwlu='PWLU')
 # Log lines shown while a tool runs (everything goes to the log file).
 PROGRESS = re.compile(r'Iter\((train|val|test)\)|PWLUHook: (?!  )|bbox_mAP_copypaste|'
                       r'segm_mAP_copypaste|Error|error:|Traceback')
@@ -41,8 +43,8 @@ def parse_args(argv=None):
                         help='where the synthetic data set is (or is generated)')
     parser.add_argument('--work-dir', default='work_dirs/quickstart',
                         help='checkpoints, logs and metrics of both runs')
-    parser.add_argument('--acts', nargs='+', default=list(ACTS), choices=sorted(ACT_NAMES),
-                        help='activations to train (default: relu pwlu)')
+    parser.add_argument('--acts', nargs='+', default=list(ACTS), choices=list(ACT_NAMES),
+                        help='activations to train, one table row each (default: relu pwlu)')
     parser.add_argument('--min-ap50', type=float, default=0.3,
                         help='fail if the PWLU bbox mAP_50 on val is below this')
     parser.add_argument('--seed', type=int,

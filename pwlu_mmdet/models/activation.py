@@ -12,19 +12,21 @@ from typing import Optional
 import torch.nn as nn
 from mmdet.registry import MODELS
 
+from ..layers.factory import site_kwargs
+
 __all__ = ['ACT_CFG_DEFAULT', 'site_act_cfg', 'build_site_act', 'inherits_act_cfg',
            'spread_act_cfg', 'set_conv_module_act']
 
 ACT_CFG_DEFAULT = dict(type='ReLU')
 
 
-def _act_params(act_cfg: dict):
+def _act_class(act_cfg: dict):
     act_type = act_cfg['type']
     cls = act_type if inspect.isclass(act_type) else MODELS.get(act_type)
     if cls is None:
         raise KeyError(f'activation {act_type!r} is not registered in MMDetection/MMEngine '
                        f'MODELS (did you import its package, e.g. pwlu_mmdet?)')
-    return inspect.signature(cls).parameters
+    return cls
 
 
 def site_act_cfg(act_cfg: Optional[dict], num_channels: int) -> Optional[dict]:
@@ -35,9 +37,7 @@ def site_act_cfg(act_cfg: Optional[dict], num_channels: int) -> Optional[dict]:
     if act_cfg is None:
         return None
     cfg = copy.deepcopy(dict(act_cfg))
-    if 'num_channels' in _act_params(cfg):
-        cfg.setdefault('num_channels', num_channels)
-    return cfg
+    return dict(type=cfg['type'], **site_kwargs(_act_class(cfg), cfg, num_channels))
 
 
 def build_site_act(act_cfg: dict, num_channels: int, inplace: Optional[bool] = None) -> nn.Module:
@@ -45,10 +45,9 @@ def build_site_act(act_cfg: dict, num_channels: int, inplace: Optional[bool] = N
 
     ``inplace`` is passed (unless ``act_cfg`` sets it) only to activations that accept it.
     """
-    cfg = site_act_cfg(act_cfg, num_channels)
-    if inplace is not None and 'inplace' in _act_params(cfg):
-        cfg.setdefault('inplace', inplace)
-    return MODELS.build(cfg)
+    cfg = copy.deepcopy(dict(act_cfg))
+    return MODELS.build(
+        dict(type=cfg['type'], **site_kwargs(_act_class(cfg), cfg, num_channels, inplace)))
 
 
 def inherits_act_cfg(cls):

@@ -1,0 +1,5 @@
+_base_ = '../_base_/retinanet_r50-scratch_fpn_gn-all_3x_coco.py'
+# F-ReLU (the Funnel activation), Table 3's third row. Its defaults fit this setting: GroupNorm
+# (32 groups) in the funnel condition, as everywhere in the model (2 images per GPU, from
+# scratch); see pwlu_mmdet/layers/frelu.py.
+model = dict(act_cfg=dict(type='FReLU'))
