@@ -123,3 +123,45 @@ def test_restricted_getattr_refuses_other_attributes(tmp_path, gadget):
     torch.save({'meta': {'x': gadget()}}, path)
     with pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
         _load_checkpoint(path)
+
+
+def _stock_cfg(work_dir, **kwargs):
+    """mmdet's stock optim_wrapper: no constructor, a paramwise_cfg (PWLUHook adds the groups)."""
+    cfg = _cfg(work_dir, **kwargs)
+    cfg['optim_wrapper'] = dict(type='OptimWrapper', optimizer=cfg['optim_wrapper']['optimizer'],
+                                paramwise_cfg=dict(norm_decay_mult=0.))
+    return cfg
+
+
+def test_stock_optim_wrapper_resumes_with_pwlu_groups(tmp_path):
+    """The hook's PWLU param groups exist before mmengine resumes: the optimizer state (the
+    PWLU momentum buffers included) and the scheduler restore, and the run continues exactly."""
+    full = tmp_path / 'full'
+    runner = Runner(**_stock_cfg(full))
+    runner.train()
+    expected = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    ckpt = os.path.join(str(full), 'iter_6.pth')  # after T: PWLU momentum in the state
+    resumed = Runner(**_stock_cfg(tmp_path / 'resumed', resume=True, load_from=ckpt))
+    resumed.train()
+    for key, value in expected.items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def _strip_new_counters(src, dst):
+    """A checkpoint as saved before the per-channel counters existed."""
+    ckpt = _load_checkpoint(src)
+    for key in [k for k in ckpt['state_dict'] if 'channel_batches' in k]:
+        del ckpt['state_dict'][key]
+    torch.save(ckpt, dst)
+
+
+@pytest.mark.parametrize('resume_iter', [2, 6])
+def test_checkpoint_from_before_the_counters_resumes(tmp_path, uninterrupted, resume_iter):
+    work, expected = uninterrupted
+    old = str(tmp_path / f'old_iter_{resume_iter}.pth')
+    _strip_new_counters(os.path.join(str(work), f'iter_{resume_iter}.pth'), old)
+    runner = Runner(**_cfg(tmp_path / 'run', resume=True, load_from=old))
+    runner.train()
+    state = runner.model.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key

@@ -179,13 +179,46 @@ def test_constructor_overrides_optimizer_default_decay():
     assert groups[id(model.conv1.weight)]['weight_decay'] == pytest.approx(0.01)
 
 
-def test_stock_constructor_with_paramwise_cfg_is_refused(tmp_path):
-    """The trap: the default constructor skips requires_grad=False parameters."""
+def test_stock_constructor_without_the_hook_groups_is_refused(tmp_path):
+    """The trap: the default constructor skips requires_grad=False parameters; with the hook's
+    param groups switched off that is an error, not a silently untrained activation."""
     cfg = tiny_runner_cfg(str(tmp_path), 2, 1)
     cfg['optim_wrapper'].pop('constructor')
+    cfg['custom_hooks'][0]['add_param_groups'] = False
     runner = Runner(**cfg)
     with pytest.raises(RuntimeError, match='PWLUOptimWrapperConstructor'):
         runner.train()
+
+
+@pytest.mark.parametrize('paramwise_cfg', [dict(norm_decay_mult=0.), None])
+def test_stock_optim_wrapper_configs_train_pwlu(tmp_path, paramwise_cfg):
+    """mmdet's stock optim_wrapper (no constructor, with or without paramwise_cfg) and a
+    warm-up + step schedule: the hook gives the PWLU parameters a group without weight decay
+    that the schedulers drive like the others; phase I stays frozen, phase II trains."""
+    optim_wrapper = dict(type='OptimWrapper', optimizer=OPTIMIZERS['sgd'])
+    if paramwise_cfg is not None:
+        optim_wrapper['paramwise_cfg'] = paramwise_cfg
+    schedule = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4),
+                dict(type='MultiStepLR', milestones=[5], by_epoch=False)]
+    runner, init, rec = _run(tmp_path, OPTIMIZERS['sgd'], optim_wrapper=optim_wrapper,
+                             param_scheduler=schedule)
+    for it in range(T):
+        for key, value in rec.after[it].items():
+            assert torch.equal(value, init[key]), (it, key)
+    changed = [k for k, v in rec.after[ITERS - 1].items() if not torch.equal(v, rec.reset[k])]
+    assert any('points' in k for k in changed), changed
+    groups = runner.optim_wrapper.optimizer.param_groups
+    pwlu = {id(p) for m in runner.model.modules() if isinstance(m, PWLU) for p in m.parameters()}
+    pwlu_groups = [g for g in groups if any(id(p) in pwlu for p in g['params'])]
+    assert len(pwlu_groups) == 1 and len(pwlu_groups[0]['params']) == len(pwlu)
+    (group, ) = pwlu_groups
+    assert group['weight_decay'] == 0 and all(id(p) in pwlu for p in group['params'])
+    conv_group = next(g for g in groups if any(p is runner.model.conv1.weight
+                                               for p in g['params']))
+    # Warmed up and stepped down exactly as the conv weights' group.
+    assert group['lr'] == conv_group['lr'] and group['initial_lr'] == conv_group['initial_lr']
+    assert conv_group['lr'] == pytest.approx(0.05 * 0.1)  # after the milestone at 5
+    assert 'momentum_buffer' in runner.optim_wrapper.optimizer.state[runner.model.act1.points]
 
 
 def test_stock_constructor_without_paramwise_still_frozen(tmp_path):

@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip('mmengine')
 
+from mmengine.model import BaseModel  # noqa: E402
 from mmengine.registry import HOOKS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
@@ -112,3 +113,53 @@ def test_model_without_pwlu_is_harmless(tmp_path):
 
     runner = Runner(**tiny_runner_cfg(str(tmp_path), 3, 1, model=Plain()))
     runner.train()
+
+
+class SharedHeadNet(BaseModel):
+    """A head activation shared by three 'levels' (inputs shifted by -4, 0, +4), as an RPN
+    head runs on every FPN level; training call ``poison_iter`` puts an inf in channel 1 of its
+    first level."""
+
+    def __init__(self, poison_iter=None):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+        self.act = PWLU(2, num_intervals=4)
+        self.poison_iter = poison_iter
+        self.calls = 0
+
+    def forward(self, inputs, target=None, mode='tensor'):
+        outs = []
+        for level, shift in enumerate((-4.0, 0.0, 4.0)):
+            x = self.conv(inputs[:, :, level:, level:]) + shift
+            if self.training and self.calls == self.poison_iter and level == 0:
+                x = x.index_put((torch.tensor([0]), torch.tensor([1])),
+                                torch.tensor(float('inf')))
+            # The loss reads channel 0 only: the inf batch does not end the run.
+            outs.append(self.act(x)[:, :1].mean(dim=(2, 3)))
+        self.calls += self.training
+        out = sum(outs)
+        return dict(loss=((out - target)**2).mean()) if mode == 'loss' else out
+
+
+def test_hook_pools_shared_layer_calls_per_iteration(tmp_path):
+    cfg = tiny_runner_cfg(str(tmp_path), 6, 5, model=SharedHeadNet(poison_iter=2),
+                          log_level='INFO', experiment_name=f'shared_{id(tmp_path)}')
+    runner = Runner(**cfg)
+    act = runner.model.act
+    seen = []
+    original = act.end_statistics_step
+    act.end_statistics_step = lambda: (seen.append(len(act._step_moments or ())), original())
+    runner.train()
+    assert act.realigned
+    # One statistics update per iteration, each pooling the three levels.
+    assert act.num_batches_tracked.item() == 5 and seen[:5] == [3] * 5
+    # The range covers the three levels (conv outputs near 0 shifted by -4 and +4).
+    assert (act.left_bound < -4).all() and (act.right_bound > 4).all()
+    # The inf batch was skipped in channel 1 only, and the switch logged it.
+    assert act.channel_batches_skipped.tolist() == [0, 1]
+    assert act.channel_batches_tracked.tolist() == [5, 5]
+    assert all(torch.isfinite(getattr(act, n)).all() for n in (
+        'points', 'left_bound', 'right_bound', 'left_slope', 'right_slope'))
+    log = open(glob.glob(os.path.join(str(tmp_path), '*', '*.log'))[0]).read()
+    assert '1 non-finite batch statistics (one per channel and call) were skipped' in log
+    assert 'act: 1 skipped in 1 of 2 channels; 0 channels without any finite' in log

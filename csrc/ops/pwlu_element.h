@@ -248,13 +248,29 @@ struct ParamGradOut {
   acc_t* right_slope;
 };
 
-// One element: its input gradient g * S_j, and its two histogram adds.
+// An element's two histogram addends, A: g and B: g * u, with the rules that keep the parameter
+// gradients of the other elements of its set exact when inputs are not finite:
+// * a NaN t (a NaN x) lies in no piece and adds nothing (its output is NaN whatever the
+//   parameters; table_entry still gives it entry 0, for its input gradient g * K_L);
+// * a zero g adds zero to B also where u is infinite (x = +-inf, where 0 * inf would be NaN),
+//   as apply_piece takes the limit in the forward. A non-zero g at x = +-inf gives the outer
+//   slope an infinite gradient, sum g (x - B), which is what the math says.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE void histogram_addends(acc_t g, acc_t t, acc_t u, acc_t* a,
+                                                         acc_t* b) {
+  const bool no_piece = t != t;
+  *a = no_piece ? acc_t(0) : g;
+  *b = (no_piece || g == acc_t(0)) ? acc_t(0) : g * u;
+}
+
+// One element's two histogram adds (histogram_addends).
 template <typename acc_t>
 C10_HOST_DEVICE C10_ALWAYS_INLINE void accumulate_element(acc_t* histogram, acc_t g, acc_t t,
                                                           int j, int num_intervals) {
-  const acc_t u = t - entry_base<acc_t>(j, num_intervals);
-  histogram[2 * j] += g;
-  histogram[2 * j + 1] += g * u;
+  acc_t a, b;
+  histogram_addends(g, t, t - entry_base<acc_t>(j, num_intervals), &a, &b);
+  histogram[2 * j] += a;
+  histogram[2 * j + 1] += b;
 }
 
 // The bound gradients' terms of inner interval idx: with sum g (x - B_L) / (B_R - B_L) =

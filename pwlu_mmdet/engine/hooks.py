@@ -4,12 +4,14 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import HOOKS
 from torch import nn
 
 from ..analysis.stats import InputStatistics, find_pwlu_layers, summarize_stages
 from ..layers import PWLU, alignment_iou
 from .grad_sync import install_pwlu_grad_sync
+from .optim import add_pwlu_param_groups
 
 __all__ = ['PWLUHook', 'pwlu_layers', 'realign_model']
 
@@ -42,7 +44,7 @@ def realign_model(model: nn.Module, distributed: Optional[bool] = None
             continue
         left, right = layer.valid_range()
         left, right = left.detach().clone(), right.detach().clone()
-        layer.realign(distributed=distributed)
+        layer.realign(distributed=distributed, name=name)
         # realign() wrote the (rank-combined) statistics back into the buffers.
         mean, std = layer.running_mean, layer.running_std
         before = alignment_iou(left, right, mean, std, layer.sigma).mean().item()
@@ -65,11 +67,22 @@ class PWLUHook(Hook):
     of Eq. 7, before/after the reset) are logged with ``runner.logger`` and
     ``runner.visualizer`` (scalars ``pwlu/iou_before``, ``pwlu/iou_after`` and per layer).
 
+    Phase I statistics are pooled per training iteration: the hook opens a statistics step on
+    every phase-I layer before each iteration and ends it after
+    (:meth:`PWLU.begin_statistics_step`), so a layer that runs several times per iteration (the
+    RPN or RetinaNet head on every FPN level) makes one update of Eq. 5 from the mixture of its
+    calls' inputs, and its reset range covers every level. Batch statistics that are not finite
+    are skipped per channel; the switch logs how many were.
+
     It also makes phase II correct and cheap under DDP: PWLU parameters are not in DDP's reducer
     (they had ``requires_grad=False`` when mmengine wrapped the model), so the hook installs
     :func:`pwlu_mmdet.engine.install_pwlu_grad_sync` on the wrapped model in ``before_run``.
-    In ``before_train`` it checks that the optimizer holds every PWLU parameter (use
-    ``optim_wrapper=dict(constructor='PWLUOptimWrapperConstructor', ...)``).
+    There, too, it gives the PWLU parameters their own param groups when the optimizer was
+    built by another constructor than ``PWLUOptimWrapperConstructor`` (mmdet's stock
+    ``optim_wrapper``, with or without ``paramwise_cfg``; see
+    :func:`pwlu_mmdet.engine.add_pwlu_param_groups`): mmengine calls ``before_run`` after it
+    builds the optimizer and its schedulers and before it resumes, so a resumed optimizer state
+    matches. In ``before_train`` it checks that the optimizer holds every PWLU parameter.
 
     Every ``log_interval`` training iterations (the iterations on which mmengine's
     ``LoggerHook`` with the same interval logs) it measures how well each layer's learnable range
@@ -106,6 +119,15 @@ class PWLUHook(Hook):
             Defaults to 50.
         stage_depth (int): Name components that make a stage for the logging (0: one stage,
             ``'all'``). Defaults to 2.
+        add_param_groups (bool): Give PWLU parameters that the optimizer lacks, or holds in a
+            group with other parameters, their own param groups in ``before_run``. False keeps
+            the optimizer as built (e.g. to resume an optimizer state saved with PWLU
+            parameters in the stock constructor's single group); a missing PWLU parameter is
+            then an error. Defaults to True.
+        decay_mult (float): Weight decay of those groups relative to the optimizer's.
+            Defaults to 0 (activation parameters, like normalisation weights).
+        lr_mult (float): Their learning rate relative to the group they take their settings
+            from. Defaults to 1.
     """
 
     priority = 'NORMAL'
@@ -115,7 +137,10 @@ class PWLUHook(Hook):
                  realign_epoch: Optional[int] = None,
                  log_per_layer: bool = True,
                  log_interval: int = 50,
-                 stage_depth: int = 2) -> None:
+                 stage_depth: int = 2,
+                 add_param_groups: bool = True,
+                 decay_mult: float = 0.,
+                 lr_mult: float = 1.) -> None:
         if (realign_iter is None) == (realign_epoch is None):
             raise ValueError('PWLUHook: give exactly one of realign_iter and realign_epoch')
         for name, value in (('realign_iter', realign_iter), ('realign_epoch', realign_epoch),
@@ -127,16 +152,21 @@ class PWLUHook(Hook):
         self.log_per_layer = log_per_layer
         self.log_interval = int(log_interval)
         self.stage_depth = int(stage_depth)
+        self.add_param_groups = add_param_groups
+        self.decay_mult = float(decay_mult)
+        self.lr_mult = float(lr_mult)
         self._layers: Optional[List[PWLU]] = None  # cached: no module walk every iteration
         self._stats: Optional[InputStatistics] = None  # attached on logging iterations only
 
     def before_run(self, runner) -> None:
-        """Install the phase-II gradient sync on a DDP-wrapped model."""
+        """Install the phase-II gradient sync on a DDP-wrapped model; give the PWLU parameters
+        their param groups where the optimizer constructor did not."""
         layers = pwlu_layers(runner.model)
         self._layers = [layer for _, layer in layers]
         if not layers:
             runner.logger.warning('PWLUHook: the model has no PWLU layer; the hook does nothing')
             return
+        self._add_param_groups(runner)
         if is_model_wrapper(runner.model):
             if isinstance(runner.model, nn.parallel.DistributedDataParallel):
                 install_pwlu_grad_sync(runner.model)
@@ -144,6 +174,20 @@ class PWLUHook(Hook):
                 runner.logger.warning(
                     f'PWLUHook: {type(runner.model).__name__} is not a DistributedDataParallel; '
                     'PWLU gradients are not synchronised across ranks by the hook')
+
+    def _add_param_groups(self, runner) -> None:
+        wrapper = getattr(runner, 'optim_wrapper', None)
+        # Only a built single optimizer (before_run also runs for val/test-only runners).
+        if (not self.add_param_groups or not isinstance(wrapper, OptimWrapper)
+                or isinstance(wrapper, OptimWrapperDict)):
+            return
+        moved = add_pwlu_param_groups(wrapper, runner.model, runner.param_schedulers,
+                                      self.decay_mult, self.lr_mult)
+        if moved:
+            runner.logger.info(
+                f'PWLUHook: {moved} PWLU parameters given their own param groups (weight decay '
+                f'x{self.decay_mult}, lr x{self.lr_mult}); the optimizer constructor had left '
+                'them out or grouped them with other parameters')
 
     def before_train(self, runner) -> None:
         """Check that the optimizer will train the PWLU parameters in phase II."""
@@ -192,9 +236,12 @@ class PWLUHook(Hook):
         return runner.epoch >= self.realign_epoch
 
     def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
-        """Realign at the first iteration that is due and still has phase-I layers; on a
-        logging iteration, attach the input-statistics pre-hooks."""
+        """Realign at the first iteration that is due and still has phase-I layers, open the
+        statistics step of the others; on a logging iteration, attach the input-statistics
+        pre-hooks."""
         self._maybe_realign(runner)
+        for layer in self._phase_one_layers(runner):
+            layer.begin_statistics_step()
         if self.log_interval and self.every_n_train_iters(runner, self.log_interval):
             if self._stats is None:
                 self._stats = InputStatistics(pwlu_layers(runner.model))
@@ -202,20 +249,23 @@ class PWLUHook(Hook):
                 self._stats.reset()
                 self._stats.attach()
 
-    def _maybe_realign(self, runner) -> None:
-        if not self._due(runner):
-            return
+    def _phase_one_layers(self, runner) -> List[PWLU]:
         if self._layers is None:
             self._layers = [layer for _, layer in pwlu_layers(runner.model)]
         # Python flags mirror the phase buffers: no device sync on the every-iteration path.
-        if all(layer.realigned for layer in self._layers):
+        return [layer for layer in self._layers if not layer.realigned]
+
+    def _maybe_realign(self, runner) -> None:
+        if not self._due(runner) or not self._phase_one_layers(runner):
             return
         summary = realign_model(runner.model)
         self._log(runner, summary)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None,
                          outputs: Optional[dict] = None) -> None:
-        """On a logging iteration, detach the pre-hooks and log IoU and fraction outside."""
+        """End the statistics step; on a logging iteration, detach the pre-hooks and log IoU
+        and fraction outside."""
+        self._end_statistics_steps()
         if self._stats is None or not self._stats.attached:
             return
         self._stats.detach()
@@ -232,10 +282,38 @@ class PWLUHook(Hook):
         runner.logger.info(f'PWLUHook: iter {runner.iter + 1}: mean alignment IoU {iou:.4f}, '
                            f'{outside:.2%} of the PWLU inputs outside [B_L, B_R]')
 
+    def _end_statistics_steps(self) -> None:
+        for layer in self._layers or ():
+            layer.end_statistics_step()
+
     def after_train(self, runner) -> None:
-        """Remove the pre-hooks if an iteration ended without ``after_train_iter``."""
+        """Remove the pre-hooks and end the statistics steps if an iteration ended without
+        ``after_train_iter``."""
+        self._end_statistics_steps()
         if self._stats is not None:
             self._stats.detach()
+
+    def _log_skipped(self, runner) -> Dict[str, float]:
+        """Log the non-finite batch statistics phase I skipped (summed over ranks by the
+        realignment), and the channels that had no finite one."""
+        total, lines = 0, []
+        for name, layer in pwlu_layers(runner.model):
+            skipped = layer.channel_batches_skipped
+            count = int(skipped.sum().item())
+            if not count:
+                continue
+            total += count
+            never = int((layer.channel_batches_tracked == 0).sum().item())
+            lines.append(f'PWLUHook:   {name}: {count} skipped in {int((skipped > 0).sum())} of '
+                         f'{layer.num_sets} channels; {never} channels without any finite '
+                         'statistics keep the initial range')
+        message = (f'PWLUHook: {total} non-finite batch statistics (one per channel and call) '
+                   'were skipped in phase I')
+        if total:
+            runner.logger.warning('\n'.join([message] + lines))
+        else:
+            runner.logger.info(message)
+        return {'pwlu/skipped_nonfinite': float(total)}
 
     def _log(self, runner, summary: Dict[str, Tuple[float, float]]) -> None:
         before = sum(b for b, _ in summary.values()) / max(len(summary), 1)
@@ -249,6 +327,7 @@ class PWLUHook(Hook):
             for name, (b, a) in summary.items():
                 runner.logger.info(f'PWLUHook:   {name}: IoU {b:.4f} -> {a:.4f}')
                 scalars[f'pwlu/iou_before/{name}'] = b
+        scalars.update(self._log_skipped(runner))
         runner.visualizer.add_scalars(scalars, step=runner.iter)
         # Also keep the summary where other hooks and the log processor can read it.
         runner.message_hub.update_info('pwlu_realigned_iter', runner.iter)

@@ -31,13 +31,14 @@ precedence, exactly as it does for any other parameter.
 import inspect
 from typing import List, Optional
 
+from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from torch import nn
 
 from ..layers import PWLU
 
-__all__ = ['PWLUOptimWrapperConstructor']
+__all__ = ['PWLUOptimWrapperConstructor', 'add_pwlu_param_groups']
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -140,3 +141,90 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         # Lets PWLUHook tell a deliberate PWLU weight decay from a stock constructor's default.
         optim_wrapper.pwlu_param_groups = True
         return optim_wrapper
+
+
+def _schedulers_of(param_schedulers) -> List:
+    """Every ``_ParamScheduler`` in the runner's ``param_schedulers`` (list, dict or None)."""
+    if param_schedulers is None:
+        return []
+    if isinstance(param_schedulers, dict):
+        return [s for value in param_schedulers.values() for s in _schedulers_of(value)]
+    if isinstance(param_schedulers, (list, tuple)):
+        return [s for value in param_schedulers for s in _schedulers_of(value)]
+    return [param_schedulers] if hasattr(param_schedulers, 'base_values') else []
+
+
+def _new_group(template: dict, params: List[nn.Parameter], defaults: dict, decay_mult: float,
+               lr_mult: float, schedulers: List) -> dict:
+    """A param group for ``params`` that every scheduler treats as if built with the others.
+
+    The settings are the template group's as they are now, i.e. after the auto-scaling of the
+    learning rate and the schedulers' first step, scaled by ``lr_mult`` (learning rates) and
+    with ``weight_decay = defaults['weight_decay'] * decay_mult``.
+    """
+    group = {k: v for k, v in template.items() if k != 'params'}
+    group['params'] = params
+    for key in [k for k in group if k == 'lr' or k.endswith('_lr')]:
+        group[key] = group[key] * lr_mult
+    group['weight_decay'] = defaults.get('weight_decay', 0.) * decay_mult
+    for scheduler in schedulers:
+        name = scheduler.param_name
+        group.setdefault(f'initial_{name}', group[name])
+        scheduler.base_values.append(group[f'initial_{name}'])
+        if hasattr(scheduler, '_last_value'):
+            scheduler._last_value.append(group[name])
+    return group
+
+
+def add_pwlu_param_groups(optim_wrapper: OptimWrapper, model: nn.Module,
+                          param_schedulers=None, decay_mult: float = 0.,
+                          lr_mult: float = 1.) -> int:
+    """Give the PWLU parameters of ``model`` their own param groups in a built optimizer.
+
+    For optimizers built by another constructor than :class:`PWLUOptimWrapperConstructor`
+    (mmdet's stock ``optim_wrapper`` configs): with a ``paramwise_cfg`` mmengine's default
+    constructor leaves the frozen PWLU parameters out, without one it puts them in a group
+    with weight decay. Each PWLU parameter that is missing, or sits in a group with other
+    parameters, is moved to a new group that copies the hyperparameters of the group it came
+    from (missing ones: of the first group), with ``lr_mult`` and no weight decay by default.
+    Parameter schedulers built on this optimizer get the new groups' base values, so they
+    schedule them like the others.
+
+    Call it after the schedulers are built and before any optimizer step or resume
+    (:meth:`PWLUHook.before_run` does): a resumed optimizer state then matches the groups.
+
+    Args:
+        optim_wrapper (OptimWrapper): The runner's optimizer wrapper (not an
+            ``OptimWrapperDict``).
+        model (nn.Module): The model (or its wrapper).
+        param_schedulers (list | dict, optional): The runner's built parameter schedulers.
+        decay_mult (float): Weight decay of the PWLU groups relative to the optimizer's.
+            Defaults to 0.
+        lr_mult (float): Learning rate of the PWLU groups relative to their template group.
+            Defaults to 1.
+
+    Returns:
+        int: The number of PWLU parameters moved or added.
+    """
+    optimizer = optim_wrapper.optimizer
+    module = model.module if is_model_wrapper(model) else model
+    pwlu = [p for m in module.modules() if isinstance(m, PWLU) for p in m.parameters()]
+    pwlu_ids = {id(p) for p in pwlu}
+    owner = {id(p): group for group in optimizer.param_groups for p in group['params']}
+    by_template = {}
+    for p in pwlu:
+        group = owner.get(id(p))
+        if group is not None and all(id(q) in pwlu_ids for q in group['params']):
+            continue  # already in a group of PWLU parameters only: a deliberate setting
+        template = group if group is not None else optimizer.param_groups[0]
+        by_template.setdefault(id(template), (template, []))[1].append(p)
+    if not by_template:
+        return 0
+    schedulers = [s for s in _schedulers_of(param_schedulers)
+                  if s.optimizer in (optimizer, optim_wrapper)]
+    for template, params in list(by_template.values()):
+        moved = {id(p) for p in params}
+        template['params'] = [q for q in template['params'] if id(q) not in moved]
+        optimizer.add_param_group(
+            _new_group(template, params, optimizer.defaults, decay_mult, lr_mult, schedulers))
+    return sum(len(params) for _, params in by_template.values())

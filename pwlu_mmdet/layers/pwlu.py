@@ -5,8 +5,9 @@ in mmengine's root ``MODELS`` registry, which every OpenMMLab scope (``mmdet``, 
 ``build_activation_layer``) falls back to, so ``dict(type='PWLU', num_channels=64)`` builds with
 or without a default scope.
 """
+import contextlib
 import warnings
-from typing import Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -15,7 +16,7 @@ from torch import nn
 from .. import ops
 from ..ops import compiled_available, pwlu
 
-__all__ = ['PWLU', 'alignment_iou']
+__all__ = ['PWLU', 'alignment_iou', 'pool_moments', 'statistics_step']
 
 _PHASE_I = 1
 _PHASE_II = 2
@@ -49,6 +50,77 @@ def alignment_iou(left_bound: torch.Tensor, right_bound: torch.Tensor, mean: tor
                        same.float())
 
 
+def pool_moments(moments: Sequence[Tuple[torch.Tensor, torch.Tensor]]
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean and variance of the equal-weight mixture of several calls' input distributions.
+
+    Per set, over the calls whose mean and variance are both finite:
+    ``mean = E_i[mu_i]`` and ``var = E_i[var_i + (mu_i - mean)^2]`` (the law of total
+    variance; the deviations form keeps float32 accurate where the inputs' means are far from
+    zero). Each call weighs the same whatever its number of elements: a head shared by the FPN
+    levels sees most of its elements on the finest level, and weighting by elements would let
+    that level alone set the range, leaving the coarse levels' inputs outside it.
+    A single call is returned unchanged, to the bit.
+
+    Args:
+        moments (Sequence[tuple[Tensor, Tensor]]): ``(mean, var)`` per call, each of shape
+            ``(sets,)``.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor, Tensor]: ``mean`` and ``var`` (arbitrary finite values
+        where ``finite`` is False), ``finite`` (bool: the set had at least one finite call) and
+        ``skipped`` (int64: the set's calls with non-finite statistics).
+    """
+    if len(moments) == 1:
+        mean, var = moments[0]
+        finite = torch.isfinite(mean) & torch.isfinite(var)
+        return mean, var, finite, (~finite).long()
+    means = torch.stack([mean for mean, _ in moments])
+    variances = torch.stack([var for _, var in moments])
+    ok = torch.isfinite(means) & torch.isfinite(variances)
+    calls = ok.sum(0)
+    denominator = calls.clamp_min(1).to(means.dtype)
+    mean = torch.where(ok, means, 0.0).sum(0) / denominator
+    spread = variances + (means - mean).square()
+    var = torch.where(ok, spread, 0.0).sum(0) / denominator
+    return mean, var, calls > 0, (~ok).sum(0)
+
+
+class _Combined(NamedTuple):
+    """Statistics of a layer combined over ranks (see ``PWLU._combined_statistics``)."""
+    mean: torch.Tensor  # float32 per set
+    std: torch.Tensor  # float32 per set
+    ranks: torch.Tensor  # per set: ranks with finite statistics for it
+    layer_ranks: int  # ranks that tracked at least one batch
+    tracked: torch.Tensor  # per set: channel_batches_tracked summed over ranks
+    skipped: torch.Tensor  # per set: channel_batches_skipped summed over ranks
+
+
+@contextlib.contextmanager
+def statistics_step(module: nn.Module) -> Iterator[None]:
+    """Make the block one statistics step for every PWLU in ``module`` (Eq. 5).
+
+    For training loops without :class:`pwlu_mmdet.engine.PWLUHook` (which does this around
+    every training iteration) in which a PWLU runs several times per step::
+
+        for batch in loader:
+            with statistics_step(model):
+                loss = model(batch)
+            loss.backward()
+
+    Args:
+        module (nn.Module): A PWLU or a model containing PWLU layers.
+    """
+    layers = [m for m in module.modules() if isinstance(m, PWLU)]
+    for layer in layers:
+        layer.begin_statistics_step()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.end_statistics_step()
+
+
 class PWLU(nn.Module):
     """Piecewise Linear Unit with statistic-based realignment.
 
@@ -57,6 +129,10 @@ class PWLU(nn.Module):
     * Phase I (until :meth:`realign`): the output is exactly ``torch.relu(x)``. In training mode
       every non-empty forward updates per-channel running statistics of the input (float32 EMA
       of the mean and of the standard deviation, as BatchNorm); eval mode never updates them.
+      Inside a statistics step (:meth:`begin_statistics_step`, opened by ``PWLUHook`` around
+      every training iteration) the calls of a layer run several times per step, such as a head
+      shared by the FPN levels, are pooled into one update. Per channel, batch statistics that
+      are not finite are skipped and counted (``channel_batches_skipped``).
       The parameters do not take part in the forward and have ``requires_grad=False``, so no
       optimizer can move them (not even by weight decay or momentum) and
       ``DistributedDataParallel`` built in phase I does not reduce (nor wait for) their
@@ -79,7 +155,8 @@ class PWLU(nn.Module):
             ``'layer'`` (one set shared by all channels). Defaults to ``'channel'``.
         init_bound (float): Initial range ``[-init_bound, init_bound]`` of the ReLU
             initialisation; only used by a layer that is never realigned (phase I computes
-            ``relu`` directly). Defaults to 3.0, the 3-sigma range of unit-variance input.
+            ``relu`` directly) and by channels that never had finite input statistics when it
+            is. Defaults to 3.0, the 3-sigma range of unit-variance input.
         momentum (float): EMA momentum ``m`` of the running statistics. Defaults to 0.1.
         sigma (float): Width of the reset range in standard deviations (Eq. 6). Defaults to 3.0.
         inplace (bool): Write the output into the input where that is safe: in phase II under
@@ -154,11 +231,17 @@ class PWLU(nn.Module):
         self.register_buffer('running_mean', torch.zeros(sets))
         self.register_buffer('running_std', torch.ones(sets))
         self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
+        # Per set: statistics updates it took part in, and batch statistics (one per call)
+        # that were not finite and were left out (see _update_statistics).
+        self.register_buffer('channel_batches_tracked', torch.zeros(sets, dtype=torch.long))
+        self.register_buffer('channel_batches_skipped', torch.zeros(sets, dtype=torch.long))
         self.register_buffer('phase', torch.tensor(_PHASE_I, dtype=torch.long))
         # Python mirror of ``phase``: reading the buffer in every forward would synchronise the
         # GPU. It is refreshed by realign(), reset_parameters() and _load_from_state_dict().
         self._realigned = False
         self._table_cache = None
+        # (mean, var) of every call of the open statistics step; None when no step is open.
+        self._step_moments: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ phase and parameters
@@ -181,7 +264,10 @@ class PWLU(nn.Module):
             self.running_mean.zero_()
             self.running_std.fill_(1.0)
             self.num_batches_tracked.zero_()
+            self.channel_batches_tracked.zero_()
+            self.channel_batches_skipped.zero_()
             self.phase.fill_(_PHASE_I)
+        self._step_moments = None
         self._set_phase(False)
 
     def _set_phase(self, realigned: bool) -> None:
@@ -230,31 +316,107 @@ class PWLU(nn.Module):
                              f'has {x.shape[1]} (shape {tuple(x.shape)})')
 
     def _phase_one_train(self, x: torch.Tensor) -> torch.Tensor:
-        """``relu(x)``, updating the running statistics from ``x`` (non-empty)."""
+        """``relu(x)``, updating (or, in a statistics step, pooling) the statistics of ``x``."""
         # One pass over x for the output and the moments (the compiled op; without it, the
         # pure-PyTorch relu_with_moments_reference that ops exports under the same name).
         y, mean, var = ops.relu_with_moments(x, self.mode == 'channel')
-        self._update_statistics(mean, var)
+        if self._step_moments is None:
+            self._update_statistics([(mean, var)])  # no step open: this call is one
+        else:
+            self._step_moments.append((mean, var))
         return y
 
-    @torch.no_grad()
-    def _update_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        # Population variance (correction=0): defined for a single element per channel, and
-        # the paper's std(x) of the batch.
-        m = self.momentum
-        self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
-        self.running_std.mul_(1 - m).add_(var.sqrt().to(self.running_std.dtype), alpha=m)
-        self.num_batches_tracked.add_(1)
+    @property
+    def in_statistics_step(self) -> bool:
+        """Whether a statistics step is open (:meth:`begin_statistics_step`)."""
+        return self._step_moments is not None
+
+    def begin_statistics_step(self) -> None:
+        """Pool the statistics of the following phase-I training forwards into one update.
+
+        Eq. 5 is one EMA update per training step. A layer called several times in a step (a
+        head shared by the FPN levels) sees as many input distributions; between this call and
+        :meth:`end_statistics_step` every call's mean and variance are kept, and the step then
+        updates the running statistics once, from the mixture of the calls' distributions (see
+        :func:`pool_moments`). :class:`pwlu_mmdet.engine.PWLUHook` opens a step before each
+        training iteration and ends it after; :func:`statistics_step` does the same around any
+        block of code. Without an open step every call is a step of its own. Opening a step
+        that is already open does nothing.
+        """
+        if self._step_moments is None:
+            self._step_moments = []
+
+    def end_statistics_step(self) -> None:
+        """Close the open statistics step: one update from the calls it pooled, if any.
+
+        Does nothing when no step is open. :meth:`realign` ends an open step first.
+        """
+        moments, self._step_moments = self._step_moments, None
+        if moments:
+            self._update_statistics(moments)
 
     @torch.no_grad()
+    def _update_statistics(self, moments: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One EMA update (Eq. 5) from the ``(mean, var)`` of the calls of one step.
+
+        Per set, calls whose statistics are not finite (an ``inf``/``NaN`` input, a float16
+        input that overflowed) are left out and counted in ``channel_batches_skipped``; a set
+        without any finite call keeps its running statistics. Population variance
+        (correction=0): defined for a single element per channel, and the paper's std(x).
+        """
+        mean, var, finite, skipped = pool_moments(moments)
+        m = self.momentum
+        new_mean = (self.running_mean * (1 - m)).add_(mean.to(self.running_mean.dtype), alpha=m)
+        new_std = (self.running_std * (1 - m)).add_(var.sqrt().to(self.running_std.dtype),
+                                                    alpha=m)
+        self.running_mean.copy_(torch.where(finite, new_mean, self.running_mean))
+        self.running_std.copy_(torch.where(finite, new_std, self.running_std))
+        self.num_batches_tracked.add_(1)
+        self.channel_batches_tracked.add_(finite)
+        self.channel_batches_skipped.add_(skipped)
+
+    @torch.no_grad()
+    def _combined_statistics(self, distributed: Optional[bool]) -> '_Combined':
+        """The statistics of all ranks, per set over the ranks that have finite ones.
+
+        Every rank whose set took part in at least one update is one equally weighted component
+        of a mixture (ranks see equal batch counts in DDP): ``mean = E_r[mu_r]`` and ``var =
+        E_r[sigma_r^2 + mu_r^2] - mean^2``, reduced in float64 to keep the difference accurate.
+        Sets that no rank has statistics for get the initial ``(0, 1)``.
+        """
+        if distributed is None:
+            distributed = (dist.is_available() and dist.is_initialized()
+                           and dist.get_world_size() > 1)
+        has = self.channel_batches_tracked > 0
+        layer_ranks = (self.num_batches_tracked > 0).double().reshape(1)
+        if not distributed:
+            return _Combined(torch.where(has, self.running_mean, 0.0),
+                             torch.where(has, self.running_std, 1.0), has.long(),
+                             int(layer_ranks.item()), self.channel_batches_tracked.clone(),
+                             self.channel_batches_skipped.clone())
+        mean = torch.where(has, self.running_mean.double(), 0.0)
+        std = torch.where(has, self.running_std.double(), 0.0)
+        buf = torch.cat([has.double(), mean, std * std + mean * mean,
+                         self.channel_batches_tracked.double(),
+                         self.channel_batches_skipped.double(), layer_ranks])
+        dist.all_reduce(buf)
+        ranks, sum_mean, sum_sq, tracked, skipped, _ = buf.split([self.num_sets] * 5 + [1])
+        g_mean = sum_mean / ranks.clamp_min(1)
+        g_var = (sum_sq / ranks.clamp_min(1) - g_mean * g_mean).clamp_min(0)
+        has = ranks > 0
+        return _Combined(torch.where(has, g_mean, 0.0).float(),
+                         torch.where(has, g_var.sqrt(), 1.0).float(), ranks.round().long(),
+                         int(round(buf[-1].item())), tracked.round().long(),
+                         skipped.round().long())
+
     def global_statistics(self, distributed: Optional[bool] = None
                           ) -> Tuple[torch.Tensor, torch.Tensor, int]:
         """Running statistics combined over all ranks.
 
         Under ``torch.distributed`` each rank tracks its own statistics (mmengine wraps models
-        with ``broadcast_buffers=False``). Every rank that tracked at least one batch counts as
-        one equally weighted component of a mixture (ranks see equal batch counts in DDP), and
-        the mixture's mean and variance are ``mean = E_r[mu_r]`` and
+        with ``broadcast_buffers=False``). Per set, every rank with finite statistics for it
+        counts as one equally weighted component of a mixture (ranks see equal batch counts in
+        DDP), and the mixture's mean and variance are ``mean = E_r[mu_r]`` and
         ``var = E_r[sigma_r^2 + mu_r^2] - mean^2`` -- combining means and variances, not
         averaging standard deviations. Reduced in float64 to keep the difference accurate.
         This is a collective: every rank must call it, in the same order for every layer.
@@ -264,58 +426,68 @@ class PWLU(nn.Module):
                 ``torch.distributed`` is initialised with more than one rank.
 
         Returns:
-            tuple[Tensor, Tensor, int]: mean and std (float32, per set), and the number of
-            ranks (1 without distribution) that contributed statistics; 0 means no rank saw
-            any training batch and the returned values are the buffers' initial ones.
+            tuple[Tensor, Tensor, int]: mean and std (float32, per set; the initial 0 and 1
+            for a set that no rank has finite statistics for), and the number of ranks (1
+            without distribution) that tracked at least one batch; 0 means no rank saw any
+            training batch.
         """
-        if distributed is None:
-            distributed = (dist.is_available() and dist.is_initialized()
-                           and dist.get_world_size() > 1)
-        mean = self.running_mean.double()
-        std = self.running_std.double()
-        tracked = float(self.num_batches_tracked.item() > 0)
-        if not distributed:
-            return mean.float(), std.float(), int(tracked)
-        buf = torch.cat([mean.new_tensor([tracked]), tracked * mean,
-                         tracked * (std * std + mean * mean)])
-        dist.all_reduce(buf)
-        count = int(round(buf[0].item()))
-        if count == 0:
-            return mean.float(), std.float(), 0
-        s = self.num_sets
-        g_mean = buf[1:1 + s] / count
-        g_var = (buf[1 + s:] / count - g_mean * g_mean).clamp_min(0)
-        return g_mean.float(), g_var.sqrt().float(), count
+        combined = self._combined_statistics(distributed)
+        return combined.mean, combined.std, combined.layer_ranks
 
     @torch.no_grad()
-    def realign(self, distributed: Optional[bool] = None) -> None:
+    def realign(self, distributed: Optional[bool] = None, name: Optional[str] = None) -> None:
         """Eq. 6 reset from the running statistics, then phase II.
 
         ``B_L = mu - sigma * std``, ``B_R = mu + sigma * std``, ``Y_i = ReLU(B_i)``, ``K_L = 0``,
         ``K_R = 1``, written in place so that an optimizer built before keeps training the same
-        tensors. Under ``torch.distributed`` the statistics of all ranks are combined first
-        (:meth:`global_statistics`), and written back to the buffers, so every rank resets to
-        identical parameters; it is then a collective that every rank must call.
+        tensors. An open statistics step is ended first. Under ``torch.distributed`` the
+        statistics of all ranks are combined first (:meth:`global_statistics`) and written back
+        to the buffers (``channel_batches_tracked`` and ``channel_batches_skipped`` become the
+        sums over the ranks), so every rank resets to identical parameters; it is then a
+        collective that every rank must call. A set that never had finite statistics (on any
+        rank) keeps the initial range ``[-init_bound, init_bound]``, with a warning.
 
         Args:
             distributed (bool, optional): See :meth:`global_statistics`.
+            name (str, optional): The layer's name in the model, for the warnings.
+                Defaults to None.
         """
-        mean, std, count = self.global_statistics(distributed)
-        if count == 0:
-            warnings.warn('PWLU.realign(): no training batch was seen (num_batches_tracked == 0 '
-                          'on every rank); resetting from the initial statistics (mean 0, std '
-                          '1).', RuntimeWarning, stacklevel=2)
-        self.running_mean.copy_(mean)
-        self.running_std.copy_(std)
-        mean = mean.to(self.left_bound.dtype)
-        half = (self.sigma * std).to(self.left_bound.dtype)
-        left, right = mean - half, mean + half
+        self.end_statistics_step()
+        combined = self._combined_statistics(distributed)
+        self._warn_missing_statistics(combined, name)
+        self.running_mean.copy_(combined.mean)
+        self.running_std.copy_(combined.std)
+        self.channel_batches_tracked.copy_(combined.tracked)
+        self.channel_batches_skipped.copy_(combined.skipped)
+        mean = combined.mean.to(self.left_bound.dtype)
+        half = (self.sigma * combined.std).to(self.left_bound.dtype)
+        has = combined.ranks > 0
+        left = torch.where(has, mean - half, -self.init_bound)
+        right = torch.where(has, mean + half, self.init_bound)
         # A constant channel (std 0) would give an empty range: widen it to the minimum the
         # forward allows, so that the reset is exactly what the forward computes.
         left, right = ops.guard_range(left, right, self.range_eps)
         self._write_relu(left, right)
         self.phase.fill_(_PHASE_II)
         self._set_phase(True)
+
+    def _warn_missing_statistics(self, combined: '_Combined', name: Optional[str]) -> None:
+        layer = f'PWLU {name!r}' if name else 'PWLU'
+        if combined.layer_ranks == 0:
+            warnings.warn(f'{layer}.realign(): no training batch was seen (num_batches_tracked '
+                          '== 0 on every rank); keeping the initial range [-init_bound, '
+                          f'init_bound] = [{-self.init_bound}, {self.init_bound}].',
+                          RuntimeWarning, stacklevel=3)
+            return
+        missing = (combined.ranks == 0).nonzero().flatten().tolist()
+        if missing:
+            skipped = int(combined.skipped[missing].sum().item())
+            shown = ', '.join(map(str, missing[:8])) + (', ...' if len(missing) > 8 else '')
+            warnings.warn(f'{layer}.realign(): {len(missing)} of {self.num_sets} channels '
+                          f'({shown}) never had finite input statistics ({skipped} non-finite '
+                          'batches skipped); they keep the initial range [-init_bound, '
+                          f'init_bound] = [{-self.init_bound}, {self.init_bound}].',
+                          RuntimeWarning, stacklevel=3)
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -399,11 +571,13 @@ class PWLU(nn.Module):
     # ------------------------------------------------------------------- state and display
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        _add_per_set_counters(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         # The loaded phase decides the behaviour and which parameters are trainable.
         self._set_phase(int(self.phase.item()) == _PHASE_II)
         self._table_cache = None
+        self._step_moments = None
 
     def _apply(self, fn, *args, **kwargs):
         self._table_cache = None
@@ -414,6 +588,32 @@ class PWLU(nn.Module):
         return (f'num_channels={channels}, num_intervals={self.num_intervals}, '
                 f'mode={self.mode}, phase={"II" if self._realigned else "I"}, '
                 f'momentum={self.momentum}, sigma={self.sigma}')
+
+
+def _add_per_set_counters(state_dict: dict, prefix: str) -> None:
+    """Give a state dict saved before the per-set counters existed their values, in place.
+
+    Those layers updated every set in every tracked batch, so ``channel_batches_tracked`` is
+    ``num_batches_tracked`` -- except where the running statistics are not finite: a batch
+    with an ``inf``/``NaN`` input poisoned them for good. Such a set restarts from the initial
+    statistics ``(0, 1)`` with no update counted, as one that never had finite statistics
+    (phase I goes on collecting; :meth:`PWLU.realign` keeps its initial range if none comes).
+    Nothing was skipped then. A state dict without ``running_mean`` is left alone.
+    """
+    mean = state_dict.get(prefix + 'running_mean')
+    std = state_dict.get(prefix + 'running_std')
+    count = state_dict.get(prefix + 'num_batches_tracked')
+    if mean is None or std is None or count is None:
+        return
+    tracked_key = prefix + 'channel_batches_tracked'
+    if tracked_key not in state_dict:
+        finite = torch.isfinite(mean) & torch.isfinite(std)
+        state_dict[tracked_key] = torch.where(finite, count.to(torch.long), 0)
+        state_dict[prefix + 'running_mean'] = torch.where(finite, mean, 0.0)
+        state_dict[prefix + 'running_std'] = torch.where(finite, std, 1.0)
+    skipped_key = prefix + 'channel_batches_skipped'
+    if skipped_key not in state_dict:
+        state_dict[skipped_key] = torch.zeros(mean.shape, dtype=torch.long, device=mean.device)
 
 
 def _exporting() -> bool:

@@ -243,6 +243,16 @@ __attribute__((target("avx512f"))) inline void store_pairs(float* pairs, __m512 
                         _mm512_permutex2var_ps(g, hi, gu));
 }
 
+// store_pairs of the histogram addends of 16 elements, with histogram_addends' rules
+// (pwlu_element.h): a NaN t adds nothing, a zero g adds a zero B whatever u is.
+__attribute__((target("avx512f"))) inline void store_addends(float* pairs, __m512 g, __m512 t,
+                                                             __m512 u, __mmask16 m = 0xffff) {
+  const __mmask16 in_piece = _mm512_cmp_ps_mask(t, t, _CMP_ORD_Q);
+  // g != 0 (a NaN g included: it must propagate) among the elements in a piece.
+  const __mmask16 moves = _mm512_mask_cmp_ps_mask(in_piece, g, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+  store_pairs(pairs, _mm512_maskz_mov_ps(in_piece, g), _mm512_maskz_mul_ps(moves, g, u), m);
+}
+
 // Prepass of a run (see prepass_run_impl in pwlu_kernel.cpp): grad_x = g * S_j, and per
 // element its histogram slot 2 j and addends g and g * (t - base_j). Returns the number of
 // leading elements done.
@@ -263,7 +273,7 @@ __attribute__((target("avx512f"))) int64_t prepass_run(const scalar_t* g, const 
     const __m512i j = entries_of(t, vn);
     store(gx + k, _mm512_mul_ps(gv, lookup(s, j)), m);
     _mm512_mask_storeu_epi32(slot + k, m, _mm512_add_epi32(j, j));
-    store_pairs(pairs + 2 * k, gv, _mm512_mul_ps(gv, _mm512_sub_ps(t, entry_bases(j, vni))), m);
+    store_addends(pairs + 2 * k, gv, t, _mm512_sub_ps(t, entry_bases(j, vni)), m);
   }
   return end;
 }
@@ -496,8 +506,7 @@ __attribute__((target("avx512f"), always_inline)) inline int64_t grad_tile(
         _mm512_storeu_si512(
             slot + e, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(s) * width),
                                        _mm512_add_epi32(j, j)));
-        store_pairs(pairs + 2 * e, gv[k],
-                    _mm512_mul_ps(gv[k], _mm512_sub_ps(t, entry_bases(j, vni))));
+        store_addends(pairs + 2 * e, gv[k], t, _mm512_sub_ps(t, entry_bases(j, vni)));
       }
       gv[k] = _mm512_mul_ps(gv[k], lookup(load_table(tab.slopes_of(s)), j));
     }
@@ -567,7 +576,7 @@ __attribute__((target("avx512f"))) int64_t prepass_row(const scalar_t* g, const 
     const __m512i channel = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c)), lane);
     _mm512_storeu_si512(slot + c, _mm512_add_epi32(_mm512_mullo_epi32(channel, width),
                                                    _mm512_add_epi32(r.j, r.j)));
-    store_pairs(pairs + 2 * c, gv, _mm512_mul_ps(gv, _mm512_sub_ps(r.t, entry_bases(r.j, vni))));
+    store_addends(pairs + 2 * c, gv, r.t, _mm512_sub_ps(r.t, entry_bases(r.j, vni)));
   }
   return c;
 }

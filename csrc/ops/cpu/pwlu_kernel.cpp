@@ -398,8 +398,7 @@ C10_ALWAYS_INLINE void prepass_run_impl(const scalar_t* __restrict__ g,
     const int j = table_entry(t, n);
     gx[k] = from_acc<scalar_t, acc_t>(gv * slopes[j]);
     slot[k] = 2 * j;
-    pairs[2 * k] = gv;
-    pairs[2 * k + 1] = gv * (t - entry_base<acc_t>(j, n));
+    histogram_addends(gv, t, t - entry_base<acc_t>(j, n), &pairs[2 * k], &pairs[2 * k + 1]);
   }
 }
 
@@ -423,8 +422,7 @@ C10_ALWAYS_INLINE void prepass_row_impl(const scalar_t* __restrict__ g,
         point_piece(p.points + c * (n + 1), j, r, p.left_slope[c], p.right_slope[c]).slope;
     gx[c] = from_acc<scalar_t, acc_t>(gv * slope);
     slot[c] = static_cast<int32_t>(first + c) * width + 2 * j;
-    pairs[2 * c] = gv;
-    pairs[2 * c + 1] = gv * (t - entry_base<acc_t>(j, n));
+    histogram_addends(gv, t, t - entry_base<acc_t>(j, n), &pairs[2 * c], &pairs[2 * c + 1]);
   }
 }
 
