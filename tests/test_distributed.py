@@ -227,3 +227,77 @@ def test_grad_sync_averages_accumulated_gradients(tmp_path):
             assert not torch.allclose(recs[0]['local'][name], recs[1]['local'][name]), name
         for rec in recs:
             torch.testing.assert_close(rec['synced'][name], expected, rtol=1e-5, atol=1e-6)
+
+
+def _non_finite_worker(rank: int, port: int, out_dir: str) -> None:
+    """Phase I on two ranks with non-finite batches on rank 1 only, a channel that is NaN on
+    both, and a layer shared by three levels; then the distributed realignment."""
+    import warnings
+
+    from pwlu_mmdet import PWLU, statistics_step
+
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                            world_size=WORLD)
+    try:
+        g = torch.Generator().manual_seed(rank)
+        act = PWLU(3)
+        shared = PWLU(2)
+        for step in range(20):
+            x = torch.randn(4, 3, 5, 5, generator=g) * (1 + rank) + rank
+            x[:, 2] = float('nan')  # channel 2: never finite, on any rank
+            if rank == 1 and step == 3:
+                x[0, 0, 0, 0] = float('inf')  # one inf element
+            if rank == 1 and step == 5:
+                x[:, 1] *= 1e5  # float16 overflow, as under --amp
+                x = x.half()
+            with statistics_step(act), statistics_step(shared):
+                act(x)
+                for shift in (-4.0, 0.0, 4.0):  # the levels
+                    shared(torch.randn(2, 2, 8 >> int(shift > 0), 8, generator=g) + shift)
+        local = {name: {k: v.clone() for k, v in m.state_dict().items()}
+                 for name, m in (('act', act), ('shared', shared))}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            act.realign(name='act')
+            shared.realign(name='shared')
+        torch.save(dict(local=local, act=act.state_dict(), shared=shared.state_dict(),
+                        warnings=[str(w.message) for w in caught]),
+                   os.path.join(out_dir, f'nonfinite{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_realign_with_non_finite_batches(tmp_path):
+    from pwlu_mmdet.utils.testing import free_port
+    mp.spawn(_non_finite_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    recs = [torch.load(tmp_path / f'nonfinite{r}.pt') for r in range(WORLD)]
+    for name in ('act', 'shared'):
+        for key, value in recs[0][name].items():
+            assert torch.equal(value, recs[1][name][key]), (name, key)  # identical ranks
+            if value.is_floating_point():
+                assert torch.isfinite(value).all(), (name, key)
+    local = [rec['local']['act'] for rec in recs]
+    # Rank 1 skipped its inf batch in channel 0 and its float16 overflow in channel 1; both
+    # ranks skipped every batch of channel 2. The sums over the ranks are in the buffers.
+    assert local[0]['channel_batches_skipped'].tolist() == [0, 0, 20]
+    assert local[1]['channel_batches_skipped'].tolist() == [1, 1, 20]
+    act = recs[0]['act']
+    assert act['channel_batches_skipped'].tolist() == [1, 1, 40]
+    assert act['channel_batches_tracked'].tolist() == [39, 39, 0]
+    # Channels 0 and 1: the mixture of the two ranks' finite statistics.
+    means = torch.stack([s['running_mean'][:2].double() for s in local])
+    stds = torch.stack([s['running_std'][:2].double() for s in local])
+    mean = means.mean(0)
+    std = ((stds**2 + means**2).mean(0) - mean**2).sqrt()
+    torch.testing.assert_close(act['left_bound'][:2].double(), mean - 3 * std)
+    torch.testing.assert_close(act['right_bound'][:2].double(), mean + 3 * std)
+    # Channel 2 keeps the initial range, with a warning naming the layer on every rank.
+    assert act['left_bound'][2].item() == -3.0 and act['right_bound'][2].item() == 3.0
+    for rec in recs:
+        assert any("PWLU 'act'" in w and '1 of 3 channels (2)' in w for w in rec['warnings'])
+        assert not any("'shared'" in w for w in rec['warnings'])
+    # The shared layer's range covers its three levels (means -4, 0, +4) on both ranks.
+    shared = recs[0]['shared']
+    assert (shared['left_bound'] < -6).all() and (shared['right_bound'] > 6).all()
