@@ -207,7 +207,7 @@ class PWLUHook(Hook):
                 group = groups.get(id(p))
                 if group is None:
                     missing.append(f'{name}.{pname}')
-                elif group.get('weight_decay', 0) and not any(
+                elif group.get('weight_decay', 0) and not self.add_param_groups and not any(
                         getattr(w, 'pwlu_param_groups', False) for w in wrappers):
                     decayed.append(f'{name}.{pname}')
         if missing:
