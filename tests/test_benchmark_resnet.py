@@ -56,6 +56,10 @@ def test_torch_twin_matches_act_resnet(act_cfg):
     mm_types = {n: type(m).__name__ for n, m in mm.named_modules() if not list(m.children())}
     tt_types = {n: type(m).__name__ for n, m in tt.named_modules() if not list(m.children())}
     assert mm_types == tt_types
+    # The same deterministic part of the initialisation (norms; zero_init_residual).
+    for key, value in mm_state.items():
+        if '.bn' in key or key.startswith('backbone.bn'):
+            torch.testing.assert_close(tt_state[key], value, msg=key)
     tt.load_state_dict(mm_state)
     x = torch.randn(2, 3, 64, 64)
     mm.eval(), tt.eval()

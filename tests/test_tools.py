@@ -210,7 +210,11 @@ def test_report_table(tmp_path):
         _write(tmp_path / 'b.json', {'coco/bbox_mAP': 0.405, 'coco/segm_mAP': 0.371},
                'configs/mask_rcnn/mask-rcnn_r50-scratch_fpn_gn-all-pwlu_3x_coco.py'),
         'retinanet:swish=' + _write(tmp_path / 'c.json', {'coco/bbox_mAP': 0.378}),
+        # the shipped F-ReLU config, identified by its name
+        _write(tmp_path / 'd.json', {'coco/bbox_mAP': 0.384},
+               'configs/retinanet/retinanet_r50-scratch_fpn_gn-all-frelu_3x_coco.py'),
     ]
+    assert os.path.exists(os.path.join(ROOT, json.load(open(runs[-1]))['config']))
     scalars = tmp_path / 'scalars.json'
     scalars.write_text('{"loss": 1.0, "iter": 10}\n{"coco/bbox_mAP": 0.383, "iter": 20}\n')
     runs.append('retinanet:pwlu=' + str(scalars))
@@ -220,7 +224,7 @@ def test_report_table(tmp_path):
     assert list(rows) == ['ReLU', 'Swish', 'F-ReLU', 'PWLU']
     assert rows['ReLU'] == ['39.06', '39.1', '35.30', '35.2', '37.06', '-']
     assert rows['Swish'] == ['40.05', '-', '36.10', '-', '37.82', '37.8']
-    assert rows['F-ReLU'] == ['40.25', '-', '36.90', '-', '38.35', '-']
+    assert rows['F-ReLU'] == ['40.25', '-', '36.90', '-', '38.35', '38.4']
     assert rows['PWLU'] == ['40.48', '40.5', '37.13', '37.1', '38.31', '38.3']
     assert (tmp_path / 'table.md').read_text().strip() == table
 

@@ -7,6 +7,7 @@ network with the same module names, so a state dict loads into either and both c
 function (``tests/test_benchmark_resnet.py`` checks it).
 """
 import importlib.util
+import logging
 from typing import Optional, Sequence
 
 import torch
@@ -83,7 +84,8 @@ class TorchResNet(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """mmdet ``ResNet``'s default: Kaiming (fan-out, ReLU) convs, unit norm weights."""
+        """mmdet ``ResNet``'s default: Kaiming (fan-out, ReLU) convs, unit norm weights, and
+        ``zero_init_residual``: each block's last norm starts at zero."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
@@ -92,6 +94,9 @@ class TorchResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.SyncBatchNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, _BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> tuple:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
@@ -151,8 +156,17 @@ def build_resnet_classifier(depth: int = 18, act_cfg: Optional[dict] = None,
     if impl == 'torch' or (impl == 'auto' and not mmdet_available()):
         backbone = TorchResNet(depth, act_cfg, norm_cfg)
     else:
+        from mmengine.logging import MMLogger
+
         from ..models import ActResNet
         backbone = ActResNet(depth, act_cfg=act_cfg, norm_cfg=norm_cfg, out_indices=(3, ),
                              style='pytorch')
-        backbone.init_weights()
+        # init_weights logs every parameter at INFO level.
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            backbone.init_weights()
+        finally:
+            logger.setLevel(level)
     return ResNetClassifier(backbone, num_classes=num_classes)
