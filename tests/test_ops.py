@@ -523,3 +523,115 @@ def test_interleaved_channels_wide_rows(device, dtype, shape):
     expected = pwlu_reference(x.double(), *[p.double() for p in params])
     assert not torch.isnan(y).any()
     torch.testing.assert_close(y.double(), expected, atol=TOL[dtype][0], rtol=TOL[dtype][1])
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('layer_wise', [False, True], ids=['channel', 'layer'])
+def test_misaligned_buffers(device, dtype, layer_wise):
+    """A dense x that starts one element into its storage cannot use 16-byte vector accesses:
+    the element-wise paths (forward, grad_x only, parameter gradients) agree with the reference
+    anyway, and the output keeps x's shape."""
+    shape = (2, 5, 8, 16)
+    base = make_input((2 * 5 * 8 * 16 + 1, 1), dtype, device).view(-1)
+    x = base[1:].view(shape)
+    assert x.is_contiguous() and x.storage_offset() == 1
+    params = make_params(5, 16, layer_wise, dtype=torch.float32, device=device)
+    check_op_against_reference(x, params, *TOL[dtype],
+                               param_rtol=1e-5 if dtype != torch.bfloat16 else 1e-4)
+    # grad_x alone (frozen parameters)
+    x = x.detach().requires_grad_()
+    x64 = x.detach().double().cpu().requires_grad_()
+    pwlu(x, *params).sum().backward()
+    pwlu_reference(x64, *[p.double().cpu() for p in params]).sum().backward()
+    torch.testing.assert_close(x.grad.double().cpu(), x64.grad, atol=TOL[dtype][0],
+                               rtol=TOL[dtype][1])
+
+
+@pytest.mark.needs_cuda
+def test_cpu_input_with_cuda_parameters():
+    """The CUDA kernel is chosen by the parameters' device; the op's own check names the
+    mismatch before any CUDA device guard sees the CPU x."""
+    x = make_input((2, 3, 4, 5), torch.float32, 'cpu')
+    params = make_params(3, 4, dtype=torch.float32, device='cuda')
+    with pytest.raises(ValueError, match='is on cuda'):
+        pwlu(x, *params)
+    with pytest.raises(ValueError, match='is on cuda'), torch.no_grad():
+        pwlu_(x, *params)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_inplace_cuda_allocates_no_output(layout):
+    """pwlu_ on a dense CUDA x writes into x itself: nothing of x's size is allocated."""
+    x = make_input((4, 32, 64, 64), torch.float32, 'cuda', layout)
+    params = make_params(32, 16, dtype=torch.float32, device='cuda')
+    expected = pwlu(x, *params)
+    pointer = x.data_ptr()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    with torch.no_grad():
+        pwlu_(x, *params)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before < x.numel() * x.element_size() // 4
+    assert x.data_ptr() == pointer
+    torch.testing.assert_close(x, expected, atol=0, rtol=0)
+
+
+def _enough_cuda_memory(gib):
+    return torch.cuda.is_available() and torch.cuda.mem_get_info()[0] >= gib * 2**30
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.skipif(not _enough_cuda_memory(24), reason='needs 24 GiB of free GPU memory')
+def test_cuda_indices_past_int32():
+    """Tensors of 2**31 elements or more take the 64-bit index path: the last sample (whose
+    indices do not fit in 32 bits) gets its output, grad_x and its share of the parameter
+    gradients right."""
+    shape = (2**31 // (64 * 128 * 128) + 1, 64, 128, 128)
+    gen = torch.Generator('cuda').manual_seed(0)
+    x = torch.randn(shape, device='cuda', dtype=torch.bfloat16, generator=gen).mul_(1.5)
+    assert x.numel() > 2**31
+    params = make_params(64, 16, dtype=torch.float32, device='cuda')
+    y = pwlu(x, *params)
+    ref = pwlu_reference(x[-1:].double().cpu(), *[p.double().cpu() for p in params])
+    torch.testing.assert_close(y[-1:].double().cpu(), ref, atol=TOL[torch.bfloat16][0],
+                               rtol=TOL[torch.bfloat16][1])
+    del y
+    # Gradients from the last sample only: the other samples add exact zeros.
+    g = torch.zeros_like(x)
+    g[-1] = torch.randn(shape[1:], device='cuda', generator=gen).to(torch.bfloat16)
+    grads = torch.ops.pwlu_mmdet.pwlu_backward(g, x, *params, 0.0, True, True)
+    x64 = x[-1:].double().cpu().requires_grad_()
+    p64 = [p.double().cpu().requires_grad_() for p in params]
+    pwlu_reference(x64, *p64).backward(g[-1:].double().cpu())
+    torch.testing.assert_close(grads[0][-1:].double().cpu(), x64.grad,
+                               atol=TOL[torch.bfloat16][0], rtol=TOL[torch.bfloat16][1])
+    for name, got, ref in zip(PARAM_NAMES, grads[1:], p64):
+        scale = ref.grad.abs().max().item() + 1.0
+        torch.testing.assert_close(got.double().cpu(), ref.grad, atol=1e-4 * scale, rtol=0,
+                                   msg=lambda m: f'grad of {name}: {m}')
+
+
+def _built_with_cuda():
+    from pwlu_mmdet import _C
+    return bool(_C.with_cuda)
+
+
+@pytest.mark.skipif(not compiled_available() or _built_with_cuda(),
+                    reason='needs a build without the CUDA kernels')
+@pytest.mark.parametrize('op', ['pwlu', 'pwlu_backward', 'relu_with_moments'])
+def test_build_without_cuda_explains_the_rebuild(op):
+    """A CPU-only build called on CUDA tensors says how to rebuild (FORCE_CUDA=1) instead of
+    the dispatcher's generic "Could not run ... 'CUDA' backend" (called here through the CUDA
+    dispatch key, as a CUDA tensor would)."""
+    x = make_input((2, 3, 4, 5), torch.float32, 'cpu')
+    params = make_params(3, 4, dtype=torch.float32)
+    args = {'pwlu': (x, *params, 0.0),
+            'pwlu_backward': (x, x, *params, 0.0, True, True),
+            'relu_with_moments': (x, True)}[op]
+    overload = getattr(torch.ops.pwlu_mmdet, op).default
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    with pytest.raises(RuntimeError, match=f'pwlu_mmdet::{op}: .*FORCE_CUDA=1'):
+        overload.redispatch(keys, *args)
