@@ -7,6 +7,18 @@ PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "Compiled PWLU operators (registered under torch.ops.pwlu_mmdet)",
       -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+#ifdef WITH_CUDA
+  const long with_cuda = 1;
+#else
+  const long with_cuda = 0;
+#endif
+  // Whether this build has the CUDA kernels (cuda/) or only no_cuda.cpp's explanation.
+  if (PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
