@@ -1,7 +1,8 @@
 """Compile-only check of the CUDA sources with nvcc, usable on a machine without a GPU.
 
 Compiles every ``csrc/**/*.cu`` for the given architectures against the installed torch's
-headers and reports nvcc's errors. A CPU-only torch wheel lacks
+headers, with the flags that ``torch.utils.cpp_extension.CUDAExtension`` adds (so that what
+compiles here is what users build), and reports nvcc's errors. A CPU-only torch wheel lacks
 ``c10/cuda/impl/cuda_cmake_macros.h``; a one-line stand-in is generated for it.
 
 Example:
@@ -24,8 +25,15 @@ def torch_include_dirs():
     return include_paths()
 
 
+def extension_nvcc_flags():
+    """The flags every CUDAExtension gets from torch (no half/bfloat16 operators or implicit
+    conversions, relaxed constexpr), as torch's build of this project passes them."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+    return list(COMMON_NVCC_FLAGS)
+
+
 def compile_command(nvcc, source, arch, includes, output):
-    cmd = [nvcc, '-c', source, '-o', output, '-std=c++17', '-O3', '--expt-relaxed-constexpr',
+    cmd = [nvcc, '-c', source, '-o', output, '-std=c++17', '-O3', *extension_nvcc_flags(),
            f'-gencode=arch=compute_{arch},code=sm_{arch}', '-DWITH_CUDA',
            '-D_GLIBCXX_USE_CXX11_ABI=1', '-Xcompiler', '-fPIC']
     for inc in includes:
