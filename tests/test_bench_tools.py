@@ -27,10 +27,22 @@ def test_bench_op_measures_every_case():
         assert {(impl, 'forward'), (impl, 'forward+backward')} <= cases
     assert {('PWLU op', m) for m in ('forward', 'forward+backward', 'phase I forward',
                                      'phase I forward+backward')} <= cases
+    assert ('pwlu_ (in place)', 'forward') in cases
     assert all(r['ms'] > 0 and r['gbps'] > 0 for r in rows)
     assert [r['ratio'] for r in rows if r['impl'] == 'ReLU'] == [1.0, 1.0]
     table = bench.format_table(rows, args)
     assert '| PWLU op | forward+backward |' in table
+
+
+@pytest.mark.skipif(not compiled_available(), reason='needs the compiled op')
+def test_bench_op_suite_cases_parse_and_layer_wise_runs(capsys):
+    bench = load_tool('bench_op')
+    for case in bench.SUITES['gpu']:
+        bench.parse_args(['--suite', 'gpu', *case])
+    bench.main(['--shape', '2', '16', '8', '8', '--layer-wise', '--channels-last', '--repeat',
+                '2', '--warmup', '1', '--no-compile', '--no-reference'])
+    out = capsys.readouterr().out
+    assert 'channels_last, layer-wise' in out and '| PWLU op | forward+backward |' in out
 
 
 def test_bench_model_rounds_take_medians_and_peaks():

@@ -10,13 +10,14 @@ Example:
 import argparse
 import platform
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 
-from pwlu_mmdet.ops import compiled_available, pwlu, pwlu_reference
+from pwlu_mmdet.ops import compiled_available, pwlu, pwlu_, pwlu_reference
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16,
           'float64': torch.float64}
@@ -40,18 +41,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_once(fn: Callable[[], None], device: torch.device) -> float:
-    """Wall time of one call in ms (CUDA events on a GPU)."""
+def time_once(fn: Callable[[], None], device: torch.device, calls: int = 1) -> float:
+    """Time of one call in ms: wall time on a CPU; on a GPU, CUDA events around ``calls``
+    back-to-back calls, divided by ``calls``. Several calls let the host queue the next launches
+    while the GPU runs, as in a training step; events around a single call would time the
+    host's launch latency as well, which on a fast GPU is most of a small op."""
     if device.type == 'cuda':
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         torch.cuda.synchronize(device)
-        return start.elapsed_time(end)
+        return start.elapsed_time(end) / calls
     t0 = time.perf_counter()
     fn()
     return (time.perf_counter() - t0) * 1e3
+
+
+# GPU batches: back-to-back calls of one callable, enough for this many ms of GPU time.
+GPU_BATCH_MS = 2.0
+MAX_GPU_BATCH = 200
+
+
+def gpu_batch_size(fn: Callable[[], None], device: torch.device) -> int:
+    """Calls per timed GPU batch, from one timed call."""
+    one = time_once(fn, device)
+    return max(1, min(MAX_GPU_BATCH, int(GPU_BATCH_MS / max(one, 1e-3))))
 
 
 def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, repeat: int,
@@ -62,10 +78,12 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, r
         for _ in range(warmup):
             fn()
     synchronize(device)
+    calls = {name: gpu_batch_size(fn, device) if device.type == 'cuda' else 1
+             for name, fn in fns.items()}
     times = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            times[name].append(time_once(fn, device))
+            times[name].append(time_once(fn, device, calls[name]))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -132,6 +150,8 @@ def build_cases(x: torch.Tensor, params: List[torch.Tensor], with_compile: bool,
             'phase I forward': fwd(phase_one_stats, x),
             'phase I forward+backward': fwd_bwd(lambda t: phase_one_stats(t)[0], x_grad),
         }
+        # Inference as ConvModule(inplace=True) runs it; repeated calls keep x finite.
+        cases['pwlu_ (in place)'] = {'forward': fwd(pwlu_, x.clone(), *params)}
     return cases
 
 
@@ -143,7 +163,8 @@ def run(args) -> List[dict]:
     if args.channels_last:
         x = x.to(memory_format=torch.channels_last)
     param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    params = make_params(x.shape[1], args.intervals, device, param_dtype)
+    sets = 1 if args.layer_wise else x.shape[1]
+    params = make_params(sets, args.intervals, device, param_dtype)
     cases = build_cases(x, params, not args.no_compile, not args.no_reference)
     fns = {(name, mode): fn for name, modes in cases.items() for mode, fn in modes.items()}
     fns[('copy (x.clone)', 'read+write')] = lambda: x.clone()
@@ -161,7 +182,8 @@ def run(args) -> List[dict]:
 
 def format_table(rows: List[dict], args) -> str:
     head = (f'shape {tuple(args.shape)}, {args.dtype}, {args.device}'
-            f'{", channels_last" if args.channels_last else ""}, K={args.intervals}, '
+            f'{", channels_last" if args.channels_last else ""}'
+            f'{", layer-wise" if args.layer_wise else ""}, K={args.intervals}, '
             f'median of {args.repeat}, torch {torch.__version__}, {torch.get_num_threads()} '
             f'threads, {platform.processor() or platform.machine()}')
     copy_gbps = next(r['gbps'] for r in rows if r['mode'] == 'read+write')
@@ -173,6 +195,28 @@ def format_table(rows: List[dict], args) -> str:
     return '\n'.join(lines)
 
 
+# Cases run by --suite: the shapes of a detector's activations, planar and channels-last, in
+# the training dtypes.
+SUITES = {
+    'gpu': [
+        # planar maps over the GPU's L2 (60 MB on an H200): a ResNet stage-1 / FPN P2 map at
+        # 800 x 1216 with 2 images (124 MB in float32), also in bfloat16 with 4 images
+        ['--shape', '2', '256', '200', '304', '--dtype', 'float32'],
+        ['--shape', '4', '256', '200', '304', '--dtype', 'bfloat16'],
+        ['--shape', '2', '256', '200', '304', '--dtype', 'float32', '--channels-last'],
+        ['--shape', '4', '256', '200', '304', '--dtype', 'bfloat16', '--channels-last'],
+        ['--shape', '2', '256', '200', '304', '--dtype', 'float32', '--layer-wise'],
+        # smaller maps that fit in L2, where per-call costs show
+        ['--shape', '8', '256', '64', '64', '--dtype', 'float32'],
+        ['--shape', '8', '256', '64', '64', '--dtype', 'float32', '--channels-last'],
+        # the mask head's RoI maps and the box head's fc
+        ['--shape', '512', '256', '14', '14', '--dtype', 'float32'],
+        ['--shape', '1024', '1024', '--dtype', 'float32'],
+        ['--shape', '64', '1024', '--dtype', 'float32'],
+    ],
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--shape', type=int, nargs='+', default=[8, 256, 64, 64])
@@ -180,6 +224,11 @@ def parse_args(argv=None):
     parser.add_argument('--dtype', default='float32', choices=sorted(DTYPES))
     parser.add_argument('--intervals', type=int, default=16)
     parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--layer-wise', action='store_true',
+                        help='one parameter set for all channels')
+    parser.add_argument('--suite', choices=sorted(SUITES),
+                        help='run a fixed list of cases in this process (each with the other '
+                        'options given), instead of one case')
     parser.add_argument('--repeat', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--no-compile', action='store_true', help='skip torch.compile')
@@ -189,7 +238,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    print(format_table(run(args), args))
+    if args.suite is None:
+        print(format_table(run(args), args))
+        return
+    for case in SUITES[args.suite]:
+        case_args = parse_args([*(argv if argv is not None else sys.argv[1:]), *case])
+        print(format_table(run(case_args), case_args), end='\n\n', flush=True)
 
 
 if __name__ == '__main__':
