@@ -250,3 +250,25 @@ def test_shell_launchers_exist_and_use_torchrun():
         text = open(path).read()
         assert ('torchrun' in text) == name.startswith('dist')
         assert '--launcher' in text
+
+
+def test_mmcv_ops_from_torchvision_stands_in_for_the_compiled_ops():
+    """With the stand-in installed, mmcv.ops imports and binds RoIAlign and NMS to it; every
+    other compiled op fails with an explanation when called (not at import)."""
+    code = ('import runpy, sys\n'
+            'shim = runpy.run_path("tools/misc/mmcv_ops_from_torchvision.py")\n'
+            'shim["install"]()\n'
+            'import mmcv.ops\n'
+            'ext = sys.modules["mmcv._ext"]\n'
+            'for name in ("mmcv.ops.roi_align", "mmcv.ops.nms"):\n'
+            '    assert sys.modules[name].ext_module is ext\n'
+            'assert ext.nms.__name__ == "_nms" and ext.roi_align_forward.__name__ == '
+            '"_roi_align_forward"\n'
+            'try:\n'
+            '    ext.deform_conv_forward()\n'
+            'except NotImplementedError as e:\n'
+            '    assert "without its compiled ops" in str(e)\n'
+            'else:\n'
+            '    raise AssertionError("missing op did not raise")\n'
+            'print("stand-in ok")\n')
+    assert 'stand-in ok' in run_command([sys.executable, '-c', code])
