@@ -214,14 +214,15 @@ def _params(channels=3, n=8, dtype=torch.float64):
 
 def _grads(fn, x, g):
     params = [p.clone().requires_grad_() for p in _params(dtype=torch.float64)]
-    fn(x, *[p.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-            for p in params]).backward(g)
+    fn(x, *[p.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64
+                 else torch.float32) for p in params]).backward(g)
     return [p.grad for p in params]
 
 
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.needs_cuda)])
 @pytest.mark.parametrize('layout', ['planes', 'channels_last', 'rows', 'short_planes'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_op_parameter_gradients_exact_next_to_non_finite_inputs(layout, dtype):
+def test_op_parameter_gradients_exact_next_to_non_finite_inputs(device, layout, dtype):
     """NaN inputs take no part in the parameter gradients, and +-inf inputs with a zero
     upstream gradient add nothing (not 0 * inf): the gradients equal the reference's over the
     finite elements."""
@@ -237,13 +238,13 @@ def test_op_parameter_gradients_exact_next_to_non_finite_inputs(layout, dtype):
     if layout == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
         g = g.contiguous(memory_format=torch.channels_last)
-    got = _grads(pwlu, x, g)
+    got = _grads(pwlu, x.to(device), g.to(device))
     bad = ~torch.isfinite(x)
     expected = _grads(pwlu_reference, x.masked_fill(bad, 0).double(),
                       g.masked_fill(bad, 0).double())
     for name, a, b in zip(PARAMS, got, expected):
         assert torch.isfinite(a).all(), name
-        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-5,
+        torch.testing.assert_close(a.double().cpu(), b, atol=1e-4, rtol=1e-5,
                                    msg=lambda m: f'{name}: {m}')
 
 

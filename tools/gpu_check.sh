@@ -43,8 +43,8 @@ if [ $status -ne 0 ]; then tail -40 "$OUT/build.log"; log "BUILD FAILED"; exit 1
 log "built in $(( $(date +%s) - start )) s"
 
 log "CUDA tests"
-PYTHONPATH=$ROOT timeout 300 $PY -m pytest tests/test_ops.py tests/test_relu_moments.py -q \
-  -k cuda -p no:cacheprovider -rfE 2>&1 | tee "$OUT/tests.txt" | tail -25
+PYTHONPATH=$ROOT timeout 300 $PY -m pytest tests/test_ops.py tests/test_relu_moments.py \
+  tests/test_statistics_steps.py -q -k cuda -p no:cacheprovider -rfE 2>&1 | tee "$OUT/tests.txt" | tail -25
 
 log "op benchmark"
 PYTHONPATH=$ROOT timeout 240 $PY tools/bench_op.py --device cuda --suite gpu --repeat 50 \
