@@ -4,6 +4,9 @@
 # last. Made to finish within about 6 minutes on a machine with 16 cores.
 #
 #   bash tools/gpu_check.sh                  # logs also land in $OUT (default: gpu_check_out)
+#   MODELS=1 bash tools/gpu_check.sh         # also whole-model numbers: Table 4 (ResNet-18,
+#                                            # torch only) and, where mmdet imports, bench_model
+#                                            # for the quick-start model and Mask R-CNN R50 at 800 px
 #   BASELINE=path/to/other/tree bash tools/gpu_check.sh
 #                                            # also builds and benchmarks a second source tree
 #                                            # (e.g. `git archive` of an earlier commit): before /
@@ -53,6 +56,29 @@ if [ -n "$BASELINE" ]; then
   log "op benchmark of $BASELINE"
   PYTHONPATH=$BASELINE timeout 240 $PY tools/bench_op.py --device cuda --suite gpu --repeat 50 \
     --warmup 10 --no-compile --no-reference 2>&1 | tee "$OUT/bench_baseline.md" | tail -3
+fi
+
+if [ "${MODELS:-0}" = 1 ]; then
+  log "Table 4: ResNet-18, 224 x 224"
+  PYTHONPATH=$ROOT timeout 300 $PY tools/bench_table4.py --device cuda --batch-size 64 \
+    --repeat 50 2>&1 | tee "$OUT/table4.md" | tail -12
+  if PYTHONPATH=$ROOT $PY -c "import mmdet" 2>/dev/null; then
+    # Without mmcv's compiled ops (mmcv-lite), RoIAlign and NMS come from torchvision.
+    run_tool=(tools/bench_model.py)
+    $PY -c "import mmcv._ext" 2>/dev/null || run_tool=(tools/misc/mmcv_ops_from_torchvision.py \
+      tools/bench_model.py)
+    : > "$OUT/models.md"
+    for spec in "configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py 128 128 8" \
+        "configs/mask_rcnn/mask-rcnn_r50-scratch_fpn_gn-all-pwlu_3x_coco.py 800 1216 2"; do
+      read -r config h w batch <<< "$spec"
+      log "bench_model $config"
+      PYTHONPATH=$ROOT timeout 300 $PY "${run_tool[@]}" "$config" --device cuda --interleaved \
+        --image-size "$h" "$w" --batch-size "$batch" --repeat 20 --warmup 5 2>&1 \
+        | tee -a "$OUT/models.md" | tail -8
+    done
+  else
+    log "mmdet not importable: no bench_model numbers"
+  fi
 fi
 
 log "summary: tests"
