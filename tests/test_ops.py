@@ -160,7 +160,7 @@ def test_empty_input(device, shape, impl):
 
 
 def relu_params(channels, num_intervals=16, bound=2.0, device='cpu', dtype=torch.float32):
-    """ReLU initialisation (EQUATIONS.md): B_L = -B_R, K_L = 0, K_R = 1, Y_i = ReLU(B_i)."""
+    """ReLU initialisation (docs/method.md): B_L = -B_R, K_L = 0, K_R = 1, Y_i = ReLU(B_i)."""
     lb = torch.full((channels, ), -bound, device=device, dtype=dtype)
     rb = torch.full((channels, ), bound, device=device, dtype=dtype)
     points = torch.relu(torch.linspace(-bound, bound, num_intervals + 1, device=device,

@@ -1,5 +1,5 @@
 // The arithmetic of one PWLU element, shared by the CPU and CUDA kernels so that the CPU tests
-// check the very code the GPU runs. Notation follows shared/paper/EQUATIONS.md.
+// check the very code the GPU runs. Notation follows docs/method.md.
 //
 // Forward (Sec. 4.3). A parameter set (one channel, or the whole layer in layer-wise mode) with
 // N intervals becomes a table of N + 2 (slope S_j, intercept O_j) pairs: entry 0 is the left
@@ -287,7 +287,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE void add_bound_terms(const acc_t* histogram,
   *right += k * rel;
 }
 
-// Converts a set's histogram into its parameter gradients (Table 1 of EQUATIONS.md):
+// Converts a set's histogram into its parameter gradients (Table 1, docs/method.md):
 //   left piece  (j = 0):     dY_0 += A, dK_L = B / inv_width (= sum g (x - B_L)), dB_L -= K_L A
 //   right piece (j = N + 1): dY_N += A, dK_R = B / inv_width (= sum g (x - B_R)), dB_R -= K_R A
 //   inner interval idx:      dY_idx += A - B, dY_{idx+1} += B, and add_bound_terms.

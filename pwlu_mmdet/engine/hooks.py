@@ -1,4 +1,4 @@
-"""MMEngine hook that runs the two training phases of PWLU (EQUATIONS.md, Sec. 3.3)."""
+"""MMEngine hook that runs the two training phases of PWLU (Sec. 3.3; docs/method.md)."""
 from typing import Dict, List, Optional, Tuple
 
 import torch

@@ -1,4 +1,4 @@
-"""The PWLU activation layer (EQUATIONS.md) with statistic-based realignment (Sec. 3.3).
+"""The PWLU activation layer (docs/method.md) with statistic-based realignment (Sec. 3.3).
 
 Only torch is needed to use the layer; when mmengine is installed the class is also registered
 in mmengine's root ``MODELS`` registry, which every OpenMMLab scope (``mmdet``, ``mmcv``'s
@@ -124,7 +124,7 @@ def statistics_step(module: nn.Module) -> Iterator[None]:
 class PWLU(nn.Module):
     """Piecewise Linear Unit with statistic-based realignment.
 
-    Training has two phases (EQUATIONS.md, "Statistic-based realignment"):
+    Training has two phases (docs/method.md, "Initialisation and the two phases"):
 
     * Phase I (until :meth:`realign`): the output is exactly ``torch.relu(x)``. In training mode
       every non-empty forward updates per-channel running statistics of the input (float32 EMA

@@ -16,7 +16,7 @@ if compiled_available():
     def pwlu(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tensor,
              right_bound: torch.Tensor, left_slope: torch.Tensor, right_slope: torch.Tensor,
              range_eps: float = 0.0) -> torch.Tensor:
-        """Piecewise Linear Unit (EQUATIONS.md, Eq. 1-4), compiled CPU/CUDA kernels.
+        """Piecewise Linear Unit (Eq. 1-4, docs/method.md), compiled CPU/CUDA kernels.
 
         Args:
             x (Tensor): Input of shape ``(N, C)`` or ``(N, C, *spatial)``; channel dim is 1.
@@ -34,7 +34,7 @@ if compiled_available():
 
         Returns:
             Tensor: ``y`` with ``x``'s shape, dtype and memory format. Differentiable w.r.t. all
-            six inputs (Table 1 of EQUATIONS.md).
+            six inputs (Table 1, docs/method.md).
         """
         return torch.ops.pwlu_mmdet.pwlu.default(x, points, left_bound, right_bound, left_slope,
                                                  right_slope, range_eps)

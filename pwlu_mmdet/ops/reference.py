@@ -1,6 +1,6 @@
 """Pure-PyTorch PWLU: the readable definition the compiled op is tested against.
 
-It follows EQUATIONS.md (Eq. 1-4) literally; autograd differentiates it with the interval index
+It follows docs/method.md (Eq. 1-4) literally; autograd differentiates it with the interval index
 treated as a constant, which yields exactly the gradients of Table 1.
 """
 from typing import Tuple

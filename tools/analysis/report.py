@@ -18,7 +18,7 @@ import os.path as osp
 import re
 import sys
 
-# EQUATIONS.md, Table 3: COCO val2017 AP (%), ResNet-50-FPN GN, from scratch, 3x schedule.
+# The paper's Table 3 (docs/method.md): COCO val2017 AP (%), ResNet-50-FPN GN, from scratch, 3x schedule.
 PAPER = {
     'ReLU': dict(box=39.06, mask=35.3, retina=37.06),
     'Swish': dict(box=40.05, mask=36.1, retina=37.82),
