@@ -61,22 +61,23 @@ if [ -n "$BASELINE" ]; then
 fi
 
 if [ "${MODELS:-0}" = 1 ]; then
+  # Without mmcv's compiled ops (mmcv-lite), mmdet's imports of mmcv.ops need a stand-in, and
+  # Mask R-CNN's RoIAlign and NMS come from torchvision.
+  with_ops=()
+  PYTHONPATH=$ROOT$SITE $PY -c "import mmdet; import mmcv._ext" 2>/dev/null \
+    || with_ops=(tools/misc/mmcv_ops_from_torchvision.py)
   log "Table 4: ResNet-18, 224 x 224"
-  PYTHONPATH=$ROOT$SITE timeout 300 $PY tools/bench_table4.py --device cuda --batch-size 64 \
-    --repeat 50 2>&1 | tee "$OUT/table4.md" | tail -12
+  PYTHONPATH=$ROOT$SITE timeout 300 $PY "${with_ops[@]}" tools/bench_table4.py --device cuda \
+    --batch-size 64 --repeat 50 2>&1 | tee "$OUT/table4.md" | tail -12
   if PYTHONPATH=$ROOT$SITE $PY -c "import mmdet" 2>/dev/null; then
-    # Without mmcv's compiled ops (mmcv-lite), RoIAlign and NMS come from torchvision.
-    run_tool=(tools/bench_model.py)
-    $PY -c "import mmcv._ext" 2>/dev/null || run_tool=(tools/misc/mmcv_ops_from_torchvision.py \
-      tools/bench_model.py)
     : > "$OUT/models.md"
     for spec in "configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py 128 128 8" \
         "configs/mask_rcnn/mask-rcnn_r50-scratch_fpn_gn-all-pwlu_3x_coco.py 800 1216 2"; do
       read -r config h w batch <<< "$spec"
       log "bench_model $config"
-      PYTHONPATH=$ROOT$SITE timeout 300 $PY "${run_tool[@]}" "$config" --device cuda --interleaved \
-        --image-size "$h" "$w" --batch-size "$batch" --repeat 20 --warmup 5 2>&1 \
-        | tee -a "$OUT/models.md" | tail -8
+      PYTHONPATH=$ROOT$SITE timeout 300 $PY "${with_ops[@]}" tools/bench_model.py "$config" \
+        --device cuda --interleaved --image-size "$h" "$w" --batch-size "$batch" --repeat 20 \
+        --warmup 5 2>&1 | tee -a "$OUT/models.md" | tail -8
     done
   else
     log "mmdet not importable: no bench_model numbers"
