@@ -48,8 +48,10 @@ if [ $status -ne 0 ]; then tail -40 "$OUT/build.log"; log "BUILD FAILED"; exit 1
 log "built in $(( $(date +%s) - start )) s"
 
 log "CUDA tests"
-PYTHONPATH=$ROOT$SITE timeout 300 $PY -m pytest tests/test_ops.py tests/test_relu_moments.py \
-  tests/test_statistics_steps.py -q -k cuda -p no:cacheprovider -rfE 2>&1 | tee "$OUT/tests.txt" | tail -25
+# PYTEST_ARGS: e.g. "-n 4" (pytest-xdist) to share the tests' CPU-side references among cores.
+PYTHONPATH=$ROOT$SITE timeout 300 $PY -m pytest tests/test_ops.py tests/test_ops_channel_tiles.py \
+  tests/test_relu_moments.py tests/test_statistics_steps.py -q -k cuda -p no:cacheprovider -rfE \
+  ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.txt" | tail -25
 
 log "op benchmark"
 PYTHONPATH=$ROOT$SITE timeout 240 $PY tools/bench_op.py --device cuda --suite gpu --repeat 50 \

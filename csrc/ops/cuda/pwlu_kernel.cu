@@ -150,25 +150,35 @@ struct alignas(sizeof(T) * N) Vec {
   T val[N];
 };
 
-// The element-wise kernels' value of one element of set s: pwlu(x) (forward), or
-// g * S_j (the input gradient alone: phase I, frozen parameters).
-template <bool kInputGrad, typename acc_t>
-__device__ __forceinline__ acc_t element_value(acc_t g, acc_t x, const DeviceTables<acc_t>& tab,
-                                               int64_t s) {
-  const SetGeometry<acc_t> geo = tab.geometry[s];
-  const int j =
-      table_entry(interval_coordinate(x, geo.left_bound, geo.inv_width), tab.num_intervals);
-  const Piece<acc_t> p = tab.pieces[s * (tab.num_intervals + 2) + j];
+// The element-wise kernels' value of one element of a set with geometry geo and table
+// `pieces` (entry j at pieces[j * kStride]): pwlu(x) (forward), or g * S_j (the input gradient
+// alone: phase I, frozen parameters).
+template <bool kInputGrad, int kStride = 1, typename acc_t>
+__device__ __forceinline__ acc_t element_value(acc_t g, acc_t x, const SetGeometry<acc_t>& geo,
+                                               const Piece<acc_t>* pieces, int n) {
+  const int j = table_entry(interval_coordinate(x, geo.left_bound, geo.inv_width), n);
+  const Piece<acc_t> p = pieces[j * kStride];
   return kInputGrad ? g * p.slope : apply_piece(x, p.slope, p.intercept);
+}
+
+template <bool kInputGrad, typename acc_t>
+__device__ __forceinline__ acc_t set_element_value(acc_t g, acc_t x,
+                                                   const DeviceTables<acc_t>& tab, int64_t s) {
+  const int n = tab.num_intervals;
+  return element_value<kInputGrad>(g, x, tab.geometry[s], tab.pieces + s * (n + 2), n);
 }
 
 // out = pwlu(x), or out = grad_out * S_j with kInputGrad, element-wise. out may be x (pwlu_):
 // every element is read, then written, by one thread. Each thread handles kVec consecutive
-// elements per step (16-byte accesses) when vectorised.
-template <typename scalar_t, typename acc_t, int kVec, typename index_t, bool kInputGrad>
+// elements per step (16-byte accesses) when vectorised. With kUniformSet (inner a multiple of
+// kVec, or a single set) the kVec elements of a vector share one set, whose geometry and table
+// are then found once per vector.
+template <typename scalar_t, typename acc_t, int kVec, typename index_t, bool kInputGrad,
+          bool kUniformSet>
 __global__ void elementwise_kernel(const scalar_t* grad_out, const scalar_t* x, scalar_t* out,
                                    index_t numel, LayoutDivisors<index_t> layout,
                                    DeviceTables<acc_t> tab) {
+  const int n = tab.num_intervals;
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x * kVec;
   for (index_t base = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kVec;
        base < numel; base += stride) {
@@ -179,20 +189,103 @@ __global__ void elementwise_kernel(const scalar_t* grad_out, const scalar_t* x, 
       V gv;
       if (kInputGrad) gv = *reinterpret_cast<const V*>(grad_out + base);
       V result;
+      if (kUniformSet) {
+        const SetGeometry<acc_t> geo = tab.geometry[cursor.set];
+        const Piece<acc_t>* pieces = tab.pieces + static_cast<int64_t>(cursor.set) * (n + 2);
 #pragma unroll
-      for (int v = 0; v < kVec; ++v) {
-        const acc_t g = kInputGrad ? static_cast<acc_t>(gv.val[v]) : acc_t(0);
-        result.val[v] = static_cast<scalar_t>(element_value<kInputGrad>(
-            g, static_cast<acc_t>(xv.val[v]), tab, static_cast<int64_t>(cursor.set)));
-        cursor.advance(layout);
+        for (int v = 0; v < kVec; ++v) {
+          const acc_t g = kInputGrad ? static_cast<acc_t>(gv.val[v]) : acc_t(0);
+          result.val[v] = static_cast<scalar_t>(
+              element_value<kInputGrad>(g, static_cast<acc_t>(xv.val[v]), geo, pieces, n));
+        }
+      } else {
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) {
+          const acc_t g = kInputGrad ? static_cast<acc_t>(gv.val[v]) : acc_t(0);
+          result.val[v] = static_cast<scalar_t>(set_element_value<kInputGrad>(
+              g, static_cast<acc_t>(xv.val[v]), tab, static_cast<int64_t>(cursor.set)));
+          cursor.advance(layout);
+        }
       }
       *reinterpret_cast<V*>(out + base) = result;
     } else {
       for (index_t i = base; i < numel && i < base + kVec; ++i) {
         const acc_t g = kInputGrad ? static_cast<acc_t>(grad_out[i]) : acc_t(0);
-        out[i] = static_cast<scalar_t>(element_value<kInputGrad>(
+        out[i] = static_cast<scalar_t>(set_element_value<kInputGrad>(
             g, static_cast<acc_t>(x[i]), tab, static_cast<int64_t>(cursor.set)));
         cursor.advance(layout);
+      }
+    }
+  }
+}
+
+// Rows of the element-wise kernels' channel tiles: each thread keeps this many rows in flight.
+constexpr int kRowsInFlight = 4;
+
+// The element-wise kernel for channels-last and 2-D inputs (inner == 1, element (r, c) at
+// r * C + c), where consecutive elements belong to different sets. Block (g, b) with blockDim
+// (32, R) covers rows [b * chunk, (b + 1) * chunk) of the kPack * 32 channels from
+// first = kPack * 32 g; thread (tx, ty) takes channels first + kPack tx + p (p < kPack, read
+// with one kPack-wide access) of every R-th row, so that a warp reads a row's consecutive
+// channels. The group's tables are staged in shared memory entry-major (entry j of channel
+// (tx, p) at (j kPack + p) 32 + tx): the lanes of a warp then look up distinct banks whatever
+// their entries, where the per-set tables in global memory would put each lane's look-up on a
+// cache line of its own.
+template <typename scalar_t, typename acc_t, int kPack, typename index_t, bool kInputGrad>
+__global__ void elementwise_rows_kernel(const scalar_t* grad_out, const scalar_t* x,
+                                        scalar_t* out, index_t rows, index_t channels,
+                                        index_t chunk, DeviceTables<acc_t> tab) {
+  extern __shared__ unsigned char smem_raw[];
+  auto* table = reinterpret_cast<Piece<acc_t>*>(smem_raw);
+  constexpr int kLanes = kTileChannels * kPack;
+  const int n = tab.num_intervals;
+  const int entries = n + 2;
+  const index_t first = static_cast<index_t>(blockIdx.x) * kLanes;
+  const int group_channels = static_cast<int>(min(static_cast<index_t>(kLanes), channels - first));
+  const int tid = threadIdx.y * kTileChannels + threadIdx.x;
+  const Piece<acc_t>* group_pieces = tab.pieces + static_cast<int64_t>(first) * entries;
+  for (int e = tid; e < group_channels * entries; e += blockDim.x * blockDim.y) {
+    const int local = e / entries;
+    const int j = e - local * entries;
+    table[(j * kPack + local % kPack) * kTileChannels + local / kPack] = group_pieces[e];
+  }
+  __syncthreads();
+  // The launcher takes kPack > 1 only where C is a multiple of kPack: a thread's channels are
+  // all in range or all out.
+  const index_t c0 = first + kPack * threadIdx.x;
+  if (c0 >= channels) return;
+  SetGeometry<acc_t> geo[kPack];
+#pragma unroll
+  for (int p = 0; p < kPack; ++p) geo[p] = tab.geometry[c0 + p];
+  const Piece<acc_t>* lane_table = table + threadIdx.x;
+  using V = Vec<scalar_t, kPack>;
+  const index_t begin = static_cast<index_t>(blockIdx.y) * chunk;
+  const index_t end = begin + chunk < rows ? begin + chunk : rows;
+  const index_t row_step = blockDim.y;
+  for (index_t r0 = begin + threadIdx.y; r0 < end; r0 += kRowsInFlight * row_step) {
+    // Loads of kRowsInFlight rows before their stores: out may be x (pwlu_), which the compiler
+    // cannot rule out, so it would not hoist a load above an earlier store by itself.
+    V xv[kRowsInFlight], gv[kRowsInFlight];
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const index_t r = r0 + u * row_step;
+      if (r < end) {
+        xv[u] = *reinterpret_cast<const V*>(x + r * channels + c0);
+        if (kInputGrad) gv[u] = *reinterpret_cast<const V*>(grad_out + r * channels + c0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const index_t r = r0 + u * row_step;
+      if (r < end) {
+        V result;
+#pragma unroll
+        for (int p = 0; p < kPack; ++p) {
+          const acc_t g = kInputGrad ? static_cast<acc_t>(gv[u].val[p]) : acc_t(0);
+          result.val[p] = static_cast<scalar_t>(element_value<kInputGrad, kPack * kTileChannels>(
+              g, static_cast<acc_t>(xv[u].val[p]), geo[p], lane_table + p * kTileChannels, n));
+        }
+        *reinterpret_cast<V*>(out + r * channels + c0) = result;
       }
     }
   }
@@ -211,16 +304,24 @@ __device__ __forceinline__ acc_t* private_histogram(int tid, int width, int stri
   return mine;
 }
 
-// Histogram of one element of set s (and its grad_x, when wanted).
-template <typename scalar_t, typename acc_t>
+// Histogram of one element of a set with geometry geo and slope S_j at slopes[j * kStride]
+// (and its grad_x, when wanted).
+template <int kStride, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void backward_element(acc_t g, acc_t x, const SetGeometry<acc_t>& geo,
-                                                 const Piece<acc_t>* pieces, int n,
-                                                 acc_t* histogram, scalar_t* grad_x) {
+                                                 const acc_t* slopes, int n, acc_t* histogram,
+                                                 scalar_t* grad_x) {
   const acc_t t = interval_coordinate(x, geo.left_bound, geo.inv_width);
   const int j = table_entry(t, n);
-  if (grad_x) *grad_x = static_cast<scalar_t>(g * pieces[j].slope);
+  if (grad_x) *grad_x = static_cast<scalar_t>(g * slopes[j * kStride]);
   accumulate_element(histogram, g, t, j, n);
 }
+
+// The slopes of a global table: S_j is pieces[j].slope.
+template <typename acc_t>
+__device__ __forceinline__ const acc_t* table_slopes(const Piece<acc_t>* pieces) {
+  return &pieces->slope;
+}
+constexpr int kPieceStride = 2;
 
 // Adds `count` histograms of `width` words, `stride` apart, in index order into out[0, width),
 // in two fixed-order stages (groups of 32 histograms in parallel, then the groups), so that
@@ -269,7 +370,7 @@ __global__ void histogram_planes_kernel(const scalar_t* __restrict__ grad_out,
   acc_t* mine = private_histogram<acc_t>(threadIdx.x, width, stride);
 
   const SetGeometry<acc_t> geo = tab.geometry[s];
-  const Piece<acc_t>* pieces = tab.pieces + s * (n + 2);
+  const acc_t* slopes = table_slopes(tab.pieces + s * (n + 2));
   const index_t begin = b * chunk;
   const index_t end = begin + chunk < per_channel ? begin + chunk : per_channel;
   const index_t inner = layout.inner.divisor;
@@ -283,15 +384,14 @@ __global__ void histogram_planes_kernel(const scalar_t* __restrict__ grad_out,
       Vec<scalar_t, kVec> out;
 #pragma unroll
       for (int v = 0; v < kVec; ++v) {
-        backward_element<scalar_t, acc_t>(static_cast<acc_t>(gv.val[v]),
-                                          static_cast<acc_t>(xv.val[v]), geo, pieces, n, mine,
-                                          &out.val[v]);
+        backward_element<kPieceStride>(static_cast<acc_t>(gv.val[v]),
+                                       static_cast<acc_t>(xv.val[v]), geo, slopes, n, mine,
+                                       &out.val[v]);
       }
       if (grad_x) *reinterpret_cast<Vec<scalar_t, kVec>*>(grad_x + i) = out;
     } else {
-      backward_element<scalar_t, acc_t>(static_cast<acc_t>(grad_out[i]),
-                                        static_cast<acc_t>(x[i]), geo, pieces, n, mine,
-                                        grad_x ? grad_x + i : nullptr);
+      backward_element<kPieceStride>(static_cast<acc_t>(grad_out[i]), static_cast<acc_t>(x[i]),
+                                     geo, slopes, n, mine, grad_x ? grad_x + i : nullptr);
     }
   }
   sum_histograms(smem, blockDim.x, width, stride,
@@ -302,8 +402,10 @@ __global__ void histogram_planes_kernel(const scalar_t* __restrict__ grad_out,
 // (g, b) with blockDim (32, R) sums rows [b * chunk, (b + 1) * chunk) of channels
 // [32 g, 32 g + 32); thread (tx, ty) takes channel 32 g + tx and every R-th row, so that a
 // warp reads 32 consecutive channels of one row. partial[(c * blocks + b) * W] as the planar
-// kernel.
-template <typename scalar_t, typename acc_t, typename index_t>
+// kernel. With kStagedSlopes the group's slopes are first copied into shared memory after the
+// histograms, entry-major (S_j of channel 32 g + tx at j * 32 + tx), so that a warp's look-ups
+// fall in distinct banks rather than on 32 cache lines.
+template <typename scalar_t, typename acc_t, typename index_t, bool kStagedSlopes>
 __global__ void histogram_rows_kernel(const scalar_t* __restrict__ grad_out,
                                       const scalar_t* __restrict__ x,
                                       scalar_t* __restrict__ grad_x, index_t rows,
@@ -319,18 +421,38 @@ __global__ void histogram_rows_kernel(const scalar_t* __restrict__ grad_out,
   const int tid = threadIdx.y * kTileChannels + threadIdx.x;
   const index_t c = static_cast<index_t>(group * kTileChannels + threadIdx.x);
   acc_t* mine = private_histogram<acc_t>(tid, width, stride);
+  if (kStagedSlopes) {
+    acc_t* staged = smem + blockDim.x * blockDim.y * stride;
+    const int64_t first = group * kTileChannels;
+    const int group_channels =
+        static_cast<int>(min(static_cast<int64_t>(kTileChannels), channels - first));
+    const Piece<acc_t>* group_pieces = tab.pieces + first * (n + 2);
+    for (int e = tid; e < group_channels * (n + 2); e += blockDim.x * blockDim.y) {
+      const int local = e / (n + 2);
+      const int j = e - local * (n + 2);
+      staged[j * kTileChannels + local] = group_pieces[e].slope;
+    }
+    __syncthreads();
+  }
 
   if (c < channels) {
     const SetGeometry<acc_t> geo = tab.geometry[c];
-    const Piece<acc_t>* pieces = tab.pieces + static_cast<int64_t>(c) * (n + 2);
+    const acc_t* slopes =
+        kStagedSlopes ? smem + blockDim.x * blockDim.y * stride + threadIdx.x
+                      : table_slopes(tab.pieces + static_cast<int64_t>(c) * (n + 2));
     const index_t begin = b * chunk;
     const index_t end = begin + chunk < rows ? begin + chunk : rows;
 #pragma unroll 4
     for (index_t r = begin + threadIdx.y; r < end; r += blockDim.y) {
       const index_t i = r * channels + c;
-      backward_element<scalar_t, acc_t>(static_cast<acc_t>(grad_out[i]),
-                                        static_cast<acc_t>(x[i]), geo, pieces, n, mine,
-                                        grad_x ? grad_x + i : nullptr);
+      const acc_t g = static_cast<acc_t>(grad_out[i]);
+      const acc_t xi = static_cast<acc_t>(x[i]);
+      scalar_t* gx = grad_x ? grad_x + i : nullptr;
+      if (kStagedSlopes) {
+        backward_element<kTileChannels>(g, xi, geo, slopes, n, mine, gx);
+      } else {
+        backward_element<kPieceStride>(g, xi, geo, slopes, n, mine, gx);
+      }
     }
   }
   __syncthreads();
@@ -415,8 +537,49 @@ void dispatch_index_type(int64_t numel, F&& f) {
   }
 }
 
-// Launches elementwise_kernel over the call's elements: out = pwlu(x), or with kInputGrad
-// out = grad_out * S_j (grad_out unused otherwise).
+// Element-wise blocks of a channels-last or 2-D call: enough row blocks per channel group to
+// fill the GPU several times over, each with several rows per thread.
+constexpr int64_t kElementwiseRowBlocks = 2048;
+
+// Launches elementwise_rows_kernel over a call with inner == 1 where a channel group's tables
+// fit in shared memory; returns whether it did.
+template <bool kInputGrad, typename scalar_t, typename acc_t, typename index_t>
+bool launch_elementwise_rows(const PwluLayout& layout, const scalar_t* gp, const scalar_t* xp,
+                             scalar_t* out, const DeviceTables<acc_t>& tab,
+                             cudaStream_t stream) {
+  // 16-bit values go two channels per access where the channels pair up.
+  constexpr int kPack = sizeof(scalar_t) == 2 ? 2 : 1;
+  const bool pack = kPack > 1 && layout.channels % kPack == 0 &&
+                    aligned_for_vectors<scalar_t>({gp, xp, out}, kPack);
+  const int lanes = (pack ? kPack : 1) * kTileChannels;
+  const size_t smem = static_cast<size_t>(lanes) * (tab.num_intervals + 2) * sizeof(Piece<acc_t>);
+  if (smem > static_cast<size_t>(kSharedMemoryBytes)) return false;
+  const int64_t rows = layout.outer;
+  const int64_t groups = (layout.channels + lanes - 1) / lanes;
+  const dim3 block(kTileChannels, kThreads / kTileChannels);
+  const int64_t rows_per_pass = static_cast<int64_t>(block.y) * kRowsInFlight;
+  int64_t row_blocks = std::min<int64_t>(
+      {(rows + rows_per_pass - 1) / rows_per_pass,
+       std::max<int64_t>(1, kElementwiseRowBlocks / groups), 65535});
+  const int64_t chunk = (rows + row_blocks - 1) / row_blocks;
+  row_blocks = (rows + chunk - 1) / chunk;
+  const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>(row_blocks));
+  const auto r = static_cast<index_t>(rows);
+  const auto c = static_cast<index_t>(layout.channels);
+  const auto k = static_cast<index_t>(chunk);
+  if (pack) {
+    elementwise_rows_kernel<scalar_t, acc_t, kPack, index_t, kInputGrad>
+        <<<grid, block, smem, stream>>>(gp, xp, out, r, c, k, tab);
+  } else {
+    elementwise_rows_kernel<scalar_t, acc_t, 1, index_t, kInputGrad>
+        <<<grid, block, smem, stream>>>(gp, xp, out, r, c, k, tab);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+// Launches the element-wise kernels over the call's elements: out = pwlu(x), or with
+// kInputGrad out = grad_out * S_j (grad_out unused otherwise).
 template <bool kInputGrad, typename scalar_t, typename acc_t>
 void launch_elementwise(const PwluCall& call, const scalar_t* gp, const scalar_t* xp,
                         scalar_t* out, const DeviceTables<acc_t>& tab, cudaStream_t stream) {
@@ -425,24 +588,35 @@ void launch_elementwise(const PwluCall& call, const scalar_t* gp, const scalar_t
   constexpr int kVec = 16 / sizeof(scalar_t);
   dispatch_index_type(numel, [&](auto index) {
     using index_t = decltype(index);
+    if (layout.inner == 1 && layout.channels > 1 &&
+        launch_elementwise_rows<kInputGrad, scalar_t, acc_t, index_t>(layout, gp, xp, out, tab,
+                                                                       stream)) {
+      return;
+    }
     const LayoutDivisors<index_t> divisors(layout.inner, layout.channels);
+    const auto n = static_cast<index_t>(numel);
     if (aligned_for_vectors<scalar_t>({gp, xp, out}, kVec)) {
-      elementwise_kernel<scalar_t, acc_t, kVec, index_t, kInputGrad>
-          <<<grid_for(numel, kThreads * kVec), kThreads, 0, stream>>>(
-              gp, xp, out, static_cast<index_t>(numel), divisors, tab);
+      const int64_t grid = grid_for(numel, kThreads * kVec);
+      if (layout.inner % kVec == 0 || layout.channels == 1) {
+        elementwise_kernel<scalar_t, acc_t, kVec, index_t, kInputGrad, true>
+            <<<grid, kThreads, 0, stream>>>(gp, xp, out, n, divisors, tab);
+      } else {
+        elementwise_kernel<scalar_t, acc_t, kVec, index_t, kInputGrad, false>
+            <<<grid, kThreads, 0, stream>>>(gp, xp, out, n, divisors, tab);
+      }
     } else {
-      elementwise_kernel<scalar_t, acc_t, 1, index_t, kInputGrad>
-          <<<grid_for(numel, kThreads), kThreads, 0, stream>>>(
-              gp, xp, out, static_cast<index_t>(numel), divisors, tab);
+      elementwise_kernel<scalar_t, acc_t, 1, index_t, kInputGrad, false>
+          <<<grid_for(numel, kThreads), kThreads, 0, stream>>>(gp, xp, out, n, divisors, tab);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-// Threads of a histogram block: as many private histograms as the shared memory holds, at most
-// kThreads, in whole warps.
-int histogram_threads(int num_intervals, int stride, size_t acc_size) {
-  const int64_t by_smem = kSharedMemoryBytes / (stride * static_cast<int64_t>(acc_size));
+// Threads of a histogram block: as many private histograms as the shared memory left after
+// `reserved` bytes holds, at most kThreads, in whole warps.
+int histogram_threads(int num_intervals, int stride, size_t acc_size, int64_t reserved = 0) {
+  const int64_t by_smem =
+      (kSharedMemoryBytes - reserved) / (stride * static_cast<int64_t>(acc_size));
   TORCH_CHECK(by_smem >= kTileChannels, "pwlu_backward: too many intervals (", num_intervals,
               ") for the CUDA kernel's shared memory");
   return static_cast<int>(std::min<int64_t>(kThreads, by_smem / 32 * 32));
@@ -463,8 +637,6 @@ void launch_param_grads(const PwluBackwardCall& call, const scalar_t* gp, const 
   const int n = tab.num_intervals;
   const int width = histogram_width(n);
   const int stride = histogram_stride(n);
-  const int threads = histogram_threads(n, stride, sizeof(acc_t));
-  const size_t smem = static_cast<size_t>(threads) * stride * sizeof(acc_t);
   const auto partial_options = call.x.options().dtype(compute_type(call.x));
   at::Tensor partial;
   int64_t blocks = 0;
@@ -475,12 +647,25 @@ void launch_param_grads(const PwluBackwardCall& call, const scalar_t* gp, const 
       blocks = blocks_per_channel(layout.outer, kRowsPerBlock, groups);
       const int64_t chunk = (layout.outer + blocks - 1) / blocks;
       partial = at::empty({layout.channels * blocks * width}, partial_options);
+      // Staged slopes where they take a small part of the shared memory (any usual N).
+      const int64_t slope_bytes = static_cast<int64_t>(n + 2) * kTileChannels * sizeof(acc_t);
+      const bool stage = slope_bytes <= kSharedMemoryBytes / 4;
+      const int threads = histogram_threads(n, stride, sizeof(acc_t), stage ? slope_bytes : 0);
+      const size_t smem = static_cast<size_t>(threads) * stride * sizeof(acc_t) +
+                          (stage ? slope_bytes : 0);
       const dim3 block(kTileChannels, threads / kTileChannels);
-      histogram_rows_kernel<scalar_t, acc_t, index_t>
-          <<<static_cast<unsigned>(groups * blocks), block, smem, stream>>>(
-              gp, xp, gxp, static_cast<index_t>(layout.outer),
-              static_cast<index_t>(layout.channels), blocks, static_cast<index_t>(chunk), tab,
-              stride, partial.data_ptr<acc_t>());
+      const auto grid = static_cast<unsigned>(groups * blocks);
+      const auto rows = static_cast<index_t>(layout.outer);
+      const auto channels = static_cast<index_t>(layout.channels);
+      if (stage) {
+        histogram_rows_kernel<scalar_t, acc_t, index_t, true><<<grid, block, smem, stream>>>(
+            gp, xp, gxp, rows, channels, blocks, static_cast<index_t>(chunk), tab, stride,
+            partial.data_ptr<acc_t>());
+      } else {
+        histogram_rows_kernel<scalar_t, acc_t, index_t, false><<<grid, block, smem, stream>>>(
+            gp, xp, gxp, rows, channels, blocks, static_cast<index_t>(chunk), tab, stride,
+            partial.data_ptr<acc_t>());
+      }
     } else {
       constexpr int kVec = 16 / sizeof(scalar_t);
       const int64_t per_channel = layout.outer * layout.inner;
@@ -490,6 +675,8 @@ void launch_param_grads(const PwluBackwardCall& call, const scalar_t* gp, const 
       const int64_t step = vectorize ? kVec : 1;
       const int64_t chunk = ((per_channel + blocks - 1) / blocks + step - 1) / step * step;
       partial = at::empty({layout.channels * blocks * width}, partial_options);
+      const int threads = histogram_threads(n, stride, sizeof(acc_t));
+      const size_t smem = static_cast<size_t>(threads) * stride * sizeof(acc_t);
       const LayoutDivisors<index_t> divisors(layout.inner, layout.channels);
       const auto grid = static_cast<unsigned>(layout.channels * blocks);
       if (vectorize) {
