@@ -24,9 +24,10 @@ def get_extensions():
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     csrc = os.path.join('csrc')
-    # no_cuda.cpp is empty in a CUDA build; without one it explains how to get the kernels.
-    sources = [os.path.join(csrc, 'module.cpp'), os.path.join(csrc, 'ops', 'pwlu.cpp'),
-               os.path.join(csrc, 'ops', 'no_cuda.cpp')]
+    # ops/*.cpp: one schema file per op, and no_cuda.cpp (empty in a CUDA build; in a build
+    # without the CUDA kernels it tells a caller with CUDA tensors how to get them).
+    sources = [os.path.join(csrc, 'module.cpp')]
+    sources += sorted(glob.glob(os.path.join(csrc, 'ops', '*.cpp')))
     sources += sorted(glob.glob(os.path.join(csrc, 'ops', 'autograd', '*.cpp')))
     sources += sorted(glob.glob(os.path.join(csrc, 'ops', 'cpu', '*.cpp')))
     cxx_flags = ['-O3', '-std=c++17']

@@ -1,6 +1,6 @@
-// Schemas of the pwlu_mmdet operators. Kernels: cpu/pwlu_kernel.cpp, cuda/pwlu_kernel.cu,
-// autograd/pwlu_autograd.cpp; the fake (meta) kernels are registered in Python
-// (pwlu_mmdet/ops/_op.py).
+// Schemas of pwlu_mmdet::pwlu, pwlu_ and pwlu_backward. Kernels: cpu/pwlu_kernel.cpp,
+// cuda/pwlu_kernel.cu, autograd/pwlu_autograd.cpp; the fake (meta) kernels are registered in
+// Python (pwlu_mmdet/ops/_op.py). relu_with_moments.cpp adds the namespace's other op.
 #include <torch/library.h>
 
 TORCH_LIBRARY(pwlu_mmdet, m) {
@@ -20,8 +20,4 @@ TORCH_LIBRARY(pwlu_mmdet, m) {
       "pwlu_backward(Tensor grad_output, Tensor x, Tensor points, Tensor left_bound, "
       "Tensor right_bound, Tensor left_slope, Tensor right_slope, float range_eps, "
       "bool input_grad, bool param_grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Phase I of the PWLU layer in one pass: y = relu(x) plus the mean and the (population)
-  // variance of x per channel (per_channel) or over the whole tensor, in float32 (float64 for
-  // float64 x). Zeros for an empty x.
-  m.def("relu_with_moments(Tensor x, bool per_channel) -> (Tensor, Tensor, Tensor)");
 }

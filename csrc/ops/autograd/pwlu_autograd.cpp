@@ -1,8 +1,8 @@
-// Autograd kernels of pwlu_mmdet::pwlu and pwlu_mmdet::relu_with_moments (the torchvision
-// csrc/ops/autograd pattern). They live in C++ rather than in torch.library.register_autograd
-// because the Python path costs about 90 us per forward + backward (measured on (1, 16) inputs),
-// which is more than the kernels themselves for the RoI heads' fc and mask layers. The fake
-// (meta) kernels stay in Python (pwlu_mmdet/ops/_op.py); torch.compile traces through these.
+// Autograd kernels of pwlu_mmdet::pwlu and pwlu_mmdet::pwlu_ (the torchvision csrc/ops/autograd
+// pattern). They live in C++ rather than in torch.library.register_autograd because the Python
+// path's overhead per forward + backward exceeds the kernels' own time on the small inputs of the
+// RoI heads' fc and mask layers. The fake (meta) kernels stay in Python
+// (pwlu_mmdet/ops/_op.py); torch.compile traces through these.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
@@ -35,14 +35,6 @@ pwlu_backward_op(const at::Tensor& grad_output, const at::Tensor& x, const at::T
                              .typed<decltype(pwlu_backward_op)>();
   return op.call(grad_output, x, points, left_bound, right_bound, left_slope, right_slope,
                  range_eps, input_grad, param_grads);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_op(const at::Tensor& x,
-                                                                    bool per_channel) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pwlu_mmdet::relu_with_moments", "")
-                             .typed<decltype(relu_with_moments_op)>();
-  return op.call(x, per_channel);
 }
 
 void pwlu_inplace_op(at::Tensor& x, const at::Tensor& points, const at::Tensor& left_bound,
@@ -85,35 +77,12 @@ class PwluFunction : public torch::autograd::Function<PwluFunction> {
   }
 };
 
-class ReluWithMomentsFunction : public torch::autograd::Function<ReluWithMomentsFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, bool per_channel) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto out = relu_with_moments_op(x, per_channel);
-    // The statistics are bookkeeping, not part of the model: only y is differentiable.
-    ctx->mark_non_differentiable({std::get<1>(out), std::get<2>(out)});
-    ctx->save_for_backward({std::get<0>(out)});
-    return {std::get<0>(out), std::get<1>(out), std::get<2>(out)};
-  }
-
-  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
-    const at::Tensor y = ctx->get_saved_variables()[0];
-    return {at::threshold_backward(grad_outputs[0], y, 0), at::Tensor()};
-  }
-};
-
 at::Tensor pwlu_autograd(const at::Tensor& x, const at::Tensor& points,
                          const at::Tensor& left_bound, const at::Tensor& right_bound,
                          const at::Tensor& left_slope, const at::Tensor& right_slope,
                          double range_eps) {
   return PwluFunction::apply(x, points, left_bound, right_bound, left_slope, right_slope,
                              range_eps);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_with_moments_autograd(const at::Tensor& x,
-                                                                          bool per_channel) {
-  const variable_list out = ReluWithMomentsFunction::apply(x, per_channel);
-  return {out[0], out[1], out[2]};
 }
 
 // pwlu_ has no backward: it is for inference. Refused where autograd would need one; otherwise
@@ -141,7 +110,6 @@ void pwlu_inplace_autograd(at::Tensor& x, const at::Tensor& points,
 TORCH_LIBRARY_IMPL(pwlu_mmdet, Autograd, m) {
   m.impl("pwlu", &pwlu_autograd);
   m.impl("pwlu_", &pwlu_inplace_autograd);
-  m.impl("relu_with_moments", &relu_with_moments_autograd);
 }
 
 }  // namespace ops

@@ -1,7 +1,5 @@
-// CUDA implementation of pwlu_mmdet::relu_with_moments (PWLU's phase I).
-//
-// Composed of ATen kernels for now (ReLU, then one var_mean reduction in the compute type): a
-// fused single-pass kernel like the CPU one is future work.
+// CUDA kernel of pwlu_mmdet::relu_with_moments (PWLU's phase I), composed of ATen kernels: ReLU,
+// then one var_mean reduction in the compute type. Unlike the CPU kernel it reads x twice.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

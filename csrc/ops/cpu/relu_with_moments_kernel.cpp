@@ -132,7 +132,7 @@ Moments relu_moments_long_run(const scalar_t* x, scalar_t* y, int64_t len) {
 // Planes of one channel shorter than a piece (RoI maps: 7 x 7 or 14 x 14), plane o at
 // o * stride, in pieces of whole planes of at most kPiece elements: the planes' sums, then
 // their squared deviations from the piece's mean, and one combination per piece rather than per
-// plane (which cost more than the planes' elements).
+// plane, whose cost would rival that of the planes' few elements.
 template <typename scalar_t, typename acc_t>
 Moments relu_moments_short_runs(const scalar_t* x, scalar_t* y, int64_t count, int64_t stride,
                                 int64_t len) {
