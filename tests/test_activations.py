@@ -247,6 +247,8 @@ def test_torch_factory_fills_the_site_width():
                                       ('ChannelPReLU', ChannelPReLU), ('PWLU', PWLU)])
 def test_build_activation_layer(name, cls):
     from mmcv.cnn import build_activation_layer
+
+    import pwlu_mmdet.engine  # noqa: F401  (registers the layers)
     layer = build_activation_layer(dict(type=name, num_channels=32))
     assert type(layer) is cls and layer.num_channels == 32
     if name == 'FReLU':

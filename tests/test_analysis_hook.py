@@ -38,7 +38,7 @@ def known_layer(left, right, num_channels=None, mode='channel'):
     with torch.no_grad():
         layer.num_batches_tracked.fill_(1)
         layer.realign()
-        layer._write_relu(torch.tensor(left), torch.tensor(right))
+        layer.set_relu_range(torch.tensor(left), torch.tensor(right))
     return layer
 
 

@@ -19,7 +19,7 @@ def known_layer(left, right, num_channels=None, mode='channel'):
     with torch.no_grad():
         layer.num_batches_tracked.fill_(1)  # statistics "seen": no realign() warning
         layer.realign()
-        layer._write_relu(torch.tensor(left, dtype=torch.float32),
+        layer.set_relu_range(torch.tensor(left, dtype=torch.float32),
                           torch.tensor(right, dtype=torch.float32))
     return layer
 

@@ -12,7 +12,7 @@ from mmengine.logging import HistoryBuffer  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint  # noqa: E402
 
-import pwlu_mmdet  # noqa: E402,F401
+import pwlu_mmdet.engine  # noqa: E402,F401
 from pwlu_mmdet import PWLU  # noqa: E402
 from pwlu_mmdet.utils.testing import TinyPWLUNet, tiny_runner_cfg  # noqa: E402
 

@@ -46,7 +46,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
-    import pwlu_mmdet  # noqa: F401
+    import pwlu_mmdet.engine  # noqa: F401
     from pwlu_mmdet.engine import PWLUGradSync
     from pwlu_mmdet.utils.testing import tiny_runner_cfg
 

@@ -9,7 +9,7 @@ pytest.importorskip('mmengine')
 from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-import pwlu_mmdet  # noqa: E402,F401
+import pwlu_mmdet.engine  # noqa: E402,F401
 from pwlu_mmdet import PWLU  # noqa: E402
 from pwlu_mmdet.utils.testing import TinyPWLUNet, tiny_runner_cfg  # noqa: E402
 

@@ -12,7 +12,7 @@ from mmengine.model import BaseModel  # noqa: E402
 from mmengine.registry import HOOKS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-import pwlu_mmdet  # noqa: E402,F401
+import pwlu_mmdet.engine  # noqa: E402,F401
 from pwlu_mmdet import PWLU  # noqa: E402
 from pwlu_mmdet.engine import PWLUHook, realign_model  # noqa: E402
 from pwlu_mmdet.utils.testing import tiny_runner_cfg  # noqa: E402

@@ -400,6 +400,7 @@ def test_registered_in_mmengine_models_with_and_without_scope():
     mmcv_cnn = pytest.importorskip('mmcv.cnn')
     from mmengine.registry import MODELS, DefaultScope
 
+    import pwlu_mmdet.engine  # noqa: F401  (registers the layers)
     assert MODELS.get('PWLU') is PWLU
     layer = mmcv_cnn.build_activation_layer(dict(type='PWLU', num_channels=64))
     assert isinstance(layer, PWLU) and layer.num_channels == 64

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pwlu_mmdet import PWLU, statistics_step
-from pwlu_mmdet.layers.pwlu import pool_moments
+from pwlu_mmdet.layers import pool_moments
 from pwlu_mmdet.ops import pwlu, pwlu_reference
 
 PARAMS = ('points', 'left_bound', 'right_bound', 'left_slope', 'right_slope')

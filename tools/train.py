@@ -12,7 +12,7 @@ from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config
 
 import pwlu_mmdet.models  # noqa: F401  (registers PWLU, PWLUHook and the Act* components)
-from pwlu_mmdet.models.cli import add_common_args, build_runner, load_config
+from pwlu_mmdet.apis import add_common_args, build_runner, load_config
 from pwlu_mmdet.utils.dist import destroy_process_group
 
 

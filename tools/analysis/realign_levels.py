@@ -20,8 +20,7 @@ from mmengine.config import Config, DictAction
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-import pwlu_mmdet  # noqa: F401  (registers PWLU, PWLUHook and the mmdet components)
-import pwlu_mmdet.models  # noqa: F401
+import pwlu_mmdet.models  # noqa: F401  (registers PWLU, PWLUHook and the Act* components)
 
 
 def parse_args(argv=None):

@@ -23,18 +23,25 @@ arbitrary code): a restricted stand-in is registered under that name, which only
 methods of ``HistoryBuffer`` -- what its ``statistics_methods`` pickle to.
 
 A checkpoint needing further globals still fails with torch's error, to which a hint is added.
+
+Nothing is patched when this module is imported. :func:`patch_mmengine_checkpoint_loading` is
+called by ``import pwlu_mmdet.engine`` (what a config's ``custom_imports`` and ``tools/train.py``
+/ ``tools/test.py`` do); :func:`mmengine_checkpoint_globals` allows the globals around any other
+loading code, without a patch.
 """
 import collections
+import contextlib
 import functools
 import pickle
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
-__all__ = ['mmengine_safe_globals', 'patch_mmengine_checkpoint_loading']
+__all__ = ['mmengine_safe_globals', 'mmengine_checkpoint_globals',
+           'patch_mmengine_checkpoint_loading']
 
 
 def _history_buffer_getattr(obj: Any, name: str) -> Any:
@@ -76,12 +83,23 @@ def mmengine_safe_globals() -> List[Any]:
 
 
 _HINT = ('\npwlu_mmdet allowed the globals mmengine checkpoints normally need (see '
-         'pwlu_mmdet/engine/checkpoint.py); this checkpoint needs more. If you trust its source, '
+         'pwlu_mmdet/utils/checkpoint.py); this checkpoint needs more. If you trust its source, '
          'add them with torch.serialization.add_safe_globals([...]) before loading.')
 
 
+@contextlib.contextmanager
+def mmengine_checkpoint_globals() -> Iterator[None]:
+    """Within the block, ``torch.load`` (``weights_only=True``) also accepts
+    :func:`mmengine_safe_globals`; a refused global raises with a hint on what to do."""
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        try:
+            yield
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(f'{e}{_HINT}') from e
+
+
 def patch_mmengine_checkpoint_loading() -> None:
-    """Wrap ``CheckpointLoader.load_checkpoint`` in ``torch.serialization.safe_globals``.
+    """Run mmengine's ``CheckpointLoader.load_checkpoint`` in :func:`mmengine_checkpoint_globals`.
 
     Idempotent. See the module docstring for why this, and nothing wider.
     """
@@ -91,11 +109,8 @@ def patch_mmengine_checkpoint_loading() -> None:
 
     @functools.wraps(current)
     def load_checkpoint(cls, filename, map_location=None, logger='current'):
-        with torch.serialization.safe_globals(mmengine_safe_globals()):
-            try:
-                return current(cls, filename, map_location, logger)
-            except pickle.UnpicklingError as e:
-                raise pickle.UnpicklingError(f'{e}{_HINT}') from e
+        with mmengine_checkpoint_globals():
+            return current(cls, filename, map_location, logger)
 
     load_checkpoint._pwlu_mmdet_patched = True
     CheckpointLoader.load_checkpoint = classmethod(load_checkpoint)

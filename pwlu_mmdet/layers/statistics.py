@@ -1,40 +1,141 @@
-"""Input statistics of PWLU layers and their alignment with the learnable range (Eq. 7).
+"""What measures the PWLU layers of a model at run time (needs only torch).
 
-Needs only torch. :class:`InputStatistics` registers forward pre-hooks on PWLU layers and
-accumulates, per parameter set (channel, or the whole layer in layer-wise mode), the moments of
-the layer's input and the number of inputs outside ``[B_L, B_R]``. It reads the input only: the
-layers' parameters and buffers are never written. Used by ``tools/analysis/alignment_iou.py``
-(over K batches) and by :class:`pwlu_mmdet.engine.PWLUHook` (one training iteration at the
-logging interval).
+* :func:`find_pwlu_layers`: every PWLU of a model, by name, in module order;
+* :func:`alignment_iou`: the Eq. 7 IoU of a learnable range with an input range;
+* :class:`InputStatistics`: per-set input statistics through forward pre-hooks, and their
+  alignment with ``[B_L, B_R]`` (:class:`LayerAlignment`), summarised per stage by
+  :func:`summarize_stages`;
+* :func:`statistics_step` and :func:`realign_model`: the two phase operations on a whole model.
+
+The hooks of :class:`InputStatistics` read the input only: the layers' parameters and buffers are
+never written. Used by :class:`pwlu_mmdet.engine.PWLUHook` (one training iteration at the
+logging interval), by :mod:`pwlu_mmdet.analysis` (over K batches), by the DDP gradient sync and
+by the benchmarks.
 """
+import contextlib
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..layers import PWLU, alignment_iou
+from .pwlu import PWLU
 
-__all__ = ['LayerAlignment', 'InputStatistics', 'stage_name', 'summarize_stages',
-           'find_pwlu_layers']
+__all__ = ['alignment_iou', 'find_pwlu_layers', 'unwrap_model', 'statistics_step',
+           'realign_model', 'LayerAlignment', 'InputStatistics', 'stage_name',
+           'summarize_stages']
 
 LayerList = Union[Dict[str, PWLU], Sequence[Tuple[str, PWLU]]]
 
 
-def _is_wrapper(model: nn.Module) -> bool:
-    try:
-        from mmengine.model import is_model_wrapper
-    except ImportError:  # pragma: no cover - mmengine is a dependency of the package
-        return isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
-    return is_model_wrapper(model)
+def alignment_iou(left_bound: torch.Tensor, right_bound: torch.Tensor, mean: torch.Tensor,
+                  std: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
+    """Alignment IoU of Eq. 7: ``|A n B| / |A u B|`` of two intervals on the real line.
+
+    ``A = [left_bound, right_bound]`` is the learnable range and ``B = [mean - sigma * std,
+    mean + sigma * std]`` the input's range. Degenerate (zero-length) unions count as IoU 1 when
+    the intervals coincide and 0 otherwise.
+
+    Args:
+        left_bound (Tensor): ``B_L`` per parameter set.
+        right_bound (Tensor): ``B_R``, same shape.
+        mean (Tensor): Input mean per parameter set.
+        std (Tensor): Input standard deviation per parameter set.
+        sigma (float): Width of the input range in standard deviations. Defaults to 3.0.
+
+    Returns:
+        Tensor: IoU per parameter set, float32, in ``[0, 1]``.
+    """
+    a_lo, a_hi = left_bound.float(), right_bound.float()
+    b_lo, b_hi = (mean - sigma * std).float(), (mean + sigma * std).float()
+    inter = (torch.minimum(a_hi, b_hi) - torch.maximum(a_lo, b_lo)).clamp_min(0)
+    union = torch.maximum(a_hi, b_hi) - torch.minimum(a_lo, b_lo)
+    same = (a_lo == b_lo) & (a_hi == b_hi)
+    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(torch.float32).tiny),
+                       same.float())
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a ``DataParallel``/``DistributedDataParallel`` or mmengine wrapper.
+
+    mmengine's wrappers are recognised by mmengine's own ``is_model_wrapper``, looked up only
+    when ``mmengine.model`` is already imported (a model can only be in such a wrapper then):
+    measuring a model never imports mmengine.
+    """
+    mmengine_model = sys.modules.get('mmengine.model')
+    if mmengine_model is not None:
+        wrapped = mmengine_model.is_model_wrapper(model)
+    else:
+        wrapped = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+    return model.module if wrapped else model
 
 
 def find_pwlu_layers(model: nn.Module) -> List[Tuple[str, PWLU]]:
-    """``(name, layer)`` of every PWLU in ``model`` (unwrapped if needed), in module order."""
-    if _is_wrapper(model):
-        model = model.module
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, PWLU)]
+    """``(name, layer)`` of every PWLU in ``model`` (unwrapped if needed), in module order.
+
+    The order is the same on every rank, so per-layer collectives in this order match up.
+    """
+    return [(name, m) for name, m in unwrap_model(model).named_modules() if isinstance(m, PWLU)]
+
+
+@contextlib.contextmanager
+def statistics_step(module: nn.Module) -> Iterator[None]:
+    """Make the block one statistics step for every PWLU in ``module`` (Eq. 5).
+
+    For training loops without :class:`pwlu_mmdet.engine.PWLUHook` (which does this around
+    every training iteration) in which a PWLU runs several times per step::
+
+        for batch in loader:
+            with statistics_step(model):
+                loss = model(batch)
+            loss.backward()
+
+    Args:
+        module (nn.Module): A PWLU or a model containing PWLU layers.
+    """
+    layers = [layer for _, layer in find_pwlu_layers(module)]
+    for layer in layers:
+        layer.begin_statistics_step()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.end_statistics_step()
+
+
+@torch.no_grad()
+def realign_model(model: nn.Module, distributed: Optional[bool] = None
+                  ) -> Dict[str, Tuple[float, float]]:
+    """Realign every PWLU of ``model`` that is still in phase I (Eq. 6).
+
+    Layers are visited in module order, which is the same on every rank, so the per-layer
+    collectives of :meth:`PWLU.realign` match up under ``torch.distributed``.
+
+    Args:
+        model (nn.Module): The model or its wrapper.
+        distributed (bool, optional): Passed to :meth:`PWLU.realign`. Defaults to None.
+
+    Returns:
+        dict[str, tuple[float, float]]: Per realigned layer, the mean alignment IoU (Eq. 7)
+        of its learnable range with its input range ``mu +- sigma * std`` before and after the
+        reset (after is 1 up to the minimum range width).
+    """
+    summary = {}
+    for name, layer in find_pwlu_layers(model):
+        if layer.realigned:
+            continue
+        left, right = layer.valid_range()
+        left, right = left.detach().clone(), right.detach().clone()
+        layer.realign(distributed=distributed, name=name)
+        # realign() wrote the (rank-combined) statistics back into the buffers.
+        mean, std = layer.running_mean, layer.running_std
+        before = alignment_iou(left, right, mean, std, layer.sigma).mean().item()
+        left, right = layer.valid_range()
+        after = alignment_iou(left, right, mean, std, layer.sigma).mean().item()
+        summary[name] = (before, after)
+    return summary
 
 
 def stage_name(name: str, depth: int = 2) -> str:
