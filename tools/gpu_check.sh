@@ -48,27 +48,27 @@ if [ $status -ne 0 ]; then tail -40 "$OUT/build.log"; log "BUILD FAILED"; exit 1
 log "built in $(( $(date +%s) - start )) s"
 
 log "CUDA tests"
-PYTHONPATH=$ROOT$SITE timeout 300 $PY -m pytest tests/test_ops.py tests/test_relu_moments.py \
-  tests/test_statistics_steps.py -q -k cuda -p no:cacheprovider -rfE 2>&1 | tee "$OUT/tests.txt" | tail -25
+PYTHONPATH=$ROOT$SITE timeout 300 $PY -m pytest tests/ops \
+  -q -k cuda -p no:cacheprovider -rfE 2>&1 | tee "$OUT/tests.txt" | tail -25
 
 log "op benchmark"
-PYTHONPATH=$ROOT$SITE timeout 240 $PY tools/bench_op.py --device cuda --suite gpu --repeat 50 \
+PYTHONPATH=$ROOT$SITE timeout 240 $PY benchmarks/bench_op.py --device cuda --suite gpu --repeat 50 \
   --warmup 10 --no-compile --no-reference 2>&1 | tee "$OUT/bench.md" | tail -3
 if [ -n "$BASELINE" ]; then
   log "op benchmark of $BASELINE"
-  PYTHONPATH=$BASELINE$SITE timeout 240 $PY tools/bench_op.py --device cuda --suite gpu --repeat 50 \
+  PYTHONPATH=$BASELINE$SITE timeout 240 $PY benchmarks/bench_op.py --device cuda --suite gpu --repeat 50 \
     --warmup 10 --no-compile --no-reference 2>&1 | tee "$OUT/bench_baseline.md" | tail -3
 fi
 
 if [ "${MODELS:-0}" = 1 ]; then
   log "Table 4: ResNet-18, 224 x 224"
-  PYTHONPATH=$ROOT$SITE timeout 300 $PY tools/bench_table4.py --device cuda --batch-size 64 \
+  PYTHONPATH=$ROOT$SITE timeout 300 $PY benchmarks/bench_table4.py --device cuda --batch-size 64 \
     --repeat 50 2>&1 | tee "$OUT/table4.md" | tail -12
   if PYTHONPATH=$ROOT$SITE $PY -c "import mmdet" 2>/dev/null; then
     # Without mmcv's compiled ops (mmcv-lite), RoIAlign and NMS come from torchvision.
-    run_tool=(tools/bench_model.py)
+    run_tool=(benchmarks/bench_model.py)
     $PY -c "import mmcv._ext" 2>/dev/null || run_tool=(tools/misc/mmcv_ops_from_torchvision.py \
-      tools/bench_model.py)
+      benchmarks/bench_model.py)
     : > "$OUT/models.md"
     for spec in "configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py 128 128 8" \
         "configs/mask_rcnn/mask-rcnn_r50-scratch_fpn_gn-all-pwlu_3x_coco.py 800 1216 2"; do

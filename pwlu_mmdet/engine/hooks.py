@@ -1,7 +1,6 @@
 """MMEngine hook that runs the two training phases of PWLU (Sec. 3.3; docs/method.md)."""
 from typing import Dict, List, Optional, Tuple
 
-import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper, OptimWrapperDict

@@ -12,10 +12,10 @@ stay bit-identical until :meth:`PWLU.realign` makes them trainable.
 
 PWLU parameters with the same settings share one param group (the stock constructor makes a
 group per parameter), which takes the optimizer's multi-tensor (``foreach``) path where it has
-one and the config does not choose: a detector has five small PWLU tensors per activation, and
-stepping them one group at a time cost the quick-start Mask R-CNN 1.7 ms per training step
-(0.7 ms shared and ``foreach``, on CPU). ``pwlu_shared_groups=False`` keeps a group per
-parameter, as before, e.g. to resume an optimizer state saved that way.
+one and the config does not choose: a detector has five small PWLU tensors per activation site,
+and stepping them one small group at a time costs far more than one multi-tensor step over all
+of them. ``pwlu_shared_groups=False`` keeps a group per parameter, e.g. to resume an optimizer
+state saved with such groups.
 
 Config (any mmdet ``optim_wrapper``, stock ``paramwise_cfg`` options still apply to the other
 parameters)::

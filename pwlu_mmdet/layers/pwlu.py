@@ -468,8 +468,9 @@ class PWLU(nn.Module):
                 # In place only where no autograd graph can need x (as relu_ in ConvModule).
                 forward = ops.pwlu_ if self.inplace and not torch.is_grad_enabled() else pwlu
                 return forward(x, *self._pwlu_parameters(), self.range_eps)
-        # The op applies the range guard (valid_range) itself: as separate small ops with their
-        # autograd nodes it cost about as much as the op on the RoI heads' small inputs.
+        # The op applies the range guard (valid_range) itself: as separate small ops, each with
+        # its autograd node, the guard would cost about as much as the op on the RoI heads'
+        # small inputs.
         return pwlu(x, *self._pwlu_parameters(), self.range_eps)
 
     # --------------------------------------------------------------------- Sec. 4.3 tables
@@ -550,7 +551,7 @@ class PWLU(nn.Module):
 
 
 def _add_per_set_counters(state_dict: dict, prefix: str) -> None:
-    """Give a state dict saved before the per-set counters existed their values, in place.
+    """Give a state dict without the per-set counters (an older layer's) their values, in place.
 
     Those layers updated every set in every tracked batch, so ``channel_batches_tracked`` is
     ``num_batches_tracked`` -- except where the running statistics are not finite: a batch

@@ -1,21 +1,16 @@
 """Phase-I statistics that survive real runs: calls pooled per step (a head shared by FPN
-levels), non-finite batches skipped per channel, old state dicts, and the op's parameter
-gradients next to non-finite inputs."""
+levels), non-finite batches skipped per channel, old state dicts, and a phase-II layer next to
+non-finite inputs (the op's own gradients there: ops/test_pwlu_op.py)."""
 import warnings
 
 import pytest
 import torch
+from helpers import normal_input
 
 from pwlu_mmdet import PWLU, statistics_step
 from pwlu_mmdet.layers import pool_moments
-from pwlu_mmdet.ops import pwlu, pwlu_reference
 
 PARAMS = ('points', 'left_bound', 'right_bound', 'left_slope', 'right_slope')
-
-
-def _batch(seed, shape=(4, 3, 6, 6), mean=0.0, std=1.0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g) * std + mean).to(dtype)
 
 
 def _old_ema(layer, batches):
@@ -35,10 +30,10 @@ def _old_ema(layer, batches):
 @pytest.mark.parametrize('in_step', [False, True])
 def test_one_call_per_step_is_bit_identical_to_eq5(mode, in_step, monkeypatch):
     from pwlu_mmdet import ops
-    # The pure-PyTorch moments, so that the old formula can be replayed op for op.
+    # The pure-PyTorch moments, so that Eq. 5 as written can be replayed op for op.
     monkeypatch.setattr(ops, 'relu_with_moments', ops.relu_with_moments_reference)
     layer = PWLU(3, mode=mode, momentum=0.13)
-    batches = [_batch(i, mean=i - 2.0, std=1 + i / 3) for i in range(12)]
+    batches = [normal_input(i, mean=i - 2.0, std=1 + i / 3) for i in range(12)]
     for x in batches:
         if in_step:
             with statistics_step(layer):
@@ -59,7 +54,7 @@ def _shared_layer_run(pooled, steps=60, means=(-4.0, 0.0, 4.0)):
         for level, mean in enumerate(means):
             # Levels of different sizes, as FPN levels: the finest has the most elements.
             size = 32 >> level
-            layer(_batch(step * 10 + level, (2, 4, size, size), mean=mean))
+            layer(normal_input(step * 10 + level, (2, 4, size, size), mean=mean))
         layer.end_statistics_step()
     layer.realign()
     return layer
@@ -80,7 +75,7 @@ def test_shared_layer_range_covers_every_level():
 
 
 def test_pool_moments_is_the_mixture_with_equal_call_weights():
-    calls = [_batch(i, (50, 2, 7), mean=3.0 * i, std=1 + i) for i in range(3)]
+    calls = [normal_input(i, (50, 2, 7), mean=3.0 * i, std=1 + i) for i in range(3)]
     moments = [tuple(t.reshape(-1) for t in reversed(torch.var_mean(
         x, dim=[0, 2], correction=0))) for x in calls]
     mean, var, finite, skipped = pool_moments(moments)
@@ -98,7 +93,7 @@ def test_pool_moments_is_the_mixture_with_equal_call_weights():
 def test_non_finite_batch_is_skipped_per_channel(bad, monkeypatch):
     from pwlu_mmdet import ops
     monkeypatch.setattr(ops, 'relu_with_moments', ops.relu_with_moments_reference)
-    batches = [_batch(i, mean=0.5, std=2.0) for i in range(50)]
+    batches = [normal_input(i, mean=0.5, std=2.0) for i in range(50)]
     reference = PWLU(3)
     for i, x in enumerate(batches):
         if i != 17:
@@ -124,18 +119,18 @@ def test_non_finite_batch_is_skipped_per_channel(bad, monkeypatch):
     layer.realign()
     for name in PARAMS:
         assert torch.isfinite(getattr(layer, name)).all(), name
-    x = _batch(99)
+    x = normal_input(99)
     assert torch.isfinite(layer(x)).all()
 
 
 def test_channel_never_finite_keeps_initial_range_with_warning():
     layer = PWLU(3, init_bound=2.5)
     for i in range(5):
-        x = _batch(i, mean=1.0)
+        x = normal_input(i, mean=1.0)
         x[:, 2] = float('nan')
         with statistics_step(layer):
             layer(x)
-            layer(_batch(i + 100, mean=-1.0).index_fill_(1, torch.tensor([2]), float('inf')))
+            layer(normal_input(i + 100, mean=-1.0).index_fill_(1, torch.tensor([2]), float('inf')))
     with pytest.warns(RuntimeWarning, match=r"PWLU 'neck\.act'.*1 of 3 channels \(2\).*10 "):
         layer.realign(name='neck.act')
     assert layer.left_bound[2].item() == -2.5 and layer.right_bound[2].item() == 2.5
@@ -146,32 +141,33 @@ def test_channel_never_finite_keeps_initial_range_with_warning():
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # healthy layers do not warn
         healthy = PWLU(3)
-        healthy(_batch(0))
+        healthy(normal_input(0))
         healthy.realign()
 
 
 def test_pending_step_is_flushed_by_realign_and_dropped_by_load():
     layer = PWLU(3)
     layer.begin_statistics_step()
-    layer(_batch(0, mean=5.0))
-    layer(_batch(1, mean=-5.0))
+    layer(normal_input(0, mean=5.0))
+    layer(normal_input(1, mean=-5.0))
     assert layer.num_batches_tracked.item() == 0 and layer.in_statistics_step
     layer.realign()  # the open step counts
     assert not layer.in_statistics_step and layer.num_batches_tracked.item() == 1
     assert (layer.running_std > 0.5).all()
     other = PWLU(3)
     other.begin_statistics_step()
-    other(_batch(2))
+    other(normal_input(2))
     other.load_state_dict(PWLU(3).state_dict())
     assert not other.in_statistics_step
 
 
 def test_state_dict_without_the_new_counters_loads():
-    """A phase-I state dict saved before the per-channel counters existed, with one channel's
-    statistics poisoned by an inf batch (what the old code kept), loads strictly."""
+    """A phase-I state dict without the per-channel counters (as an older layer wrote it), with
+    one channel's statistics poisoned by an inf batch (which such a layer kept), loads
+    strictly."""
     layer = PWLU(3)
     for i in range(4):
-        layer(_batch(i))
+        layer(normal_input(i))
     old = {k: v.clone() for k, v in layer.state_dict().items()
            if k not in ('channel_batches_tracked', 'channel_batches_skipped')}
     old['running_mean'][1] = float('nan')
@@ -182,7 +178,7 @@ def test_state_dict_without_the_new_counters_loads():
     assert loaded.channel_batches_skipped.tolist() == [0, 0, 0]
     assert loaded.running_mean[1].item() == 0 and loaded.running_std[1].item() == 1
     assert torch.equal(loaded.running_mean[0], layer.running_mean[0])
-    loaded(_batch(7))  # phase I goes on; the poisoned channel restarts from (0, 1)
+    loaded(normal_input(7))  # phase I goes on; the poisoned channel restarts from (0, 1)
     loaded.realign()
     for name in PARAMS:
         assert torch.isfinite(getattr(loaded, name)).all(), name
@@ -192,78 +188,21 @@ def test_statistics_step_under_torch_compile():
     layer = PWLU(3)
     compiled = torch.compile(layer, backend='eager')
     with statistics_step(layer):
-        compiled(_batch(0, mean=-3.0))
-        compiled(_batch(1, mean=3.0))
+        compiled(normal_input(0, mean=-3.0))
+        compiled(normal_input(1, mean=3.0))
     eager = PWLU(3)
     with statistics_step(eager):
-        eager(_batch(0, mean=-3.0))
-        eager(_batch(1, mean=3.0))
+        eager(normal_input(0, mean=-3.0))
+        eager(normal_input(1, mean=3.0))
     assert layer.num_batches_tracked.item() == 1
     torch.testing.assert_close(layer.running_std, eager.running_std)
 
 
-# ------------------------------------------------------------- phase II: the op's gradients
-def _params(channels=3, n=8, dtype=torch.float64):
-    g = torch.Generator().manual_seed(1)
-    return [torch.randn(channels, n + 1, generator=g, dtype=dtype),
-            torch.tensor([-2.0, -1.0, -3.0], dtype=dtype), torch.tensor([2.0, 3.0, 1.0],
-                                                                      dtype=dtype),
-            torch.tensor([0.3, 0.0, -0.2], dtype=dtype), torch.tensor([0.7, 1.0, 0.0],
-                                                                     dtype=dtype)]
-
-
-def _grads(fn, x, g):
-    params = [p.clone().requires_grad_() for p in _params(dtype=torch.float64)]
-    fn(x, *[p.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64
-                 else torch.float32) for p in params]).backward(g)
-    return [p.grad for p in params]
-
-
-@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.needs_cuda)])
-@pytest.mark.parametrize('layout', ['planes', 'channels_last', 'rows', 'short_planes'])
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_op_parameter_gradients_exact_next_to_non_finite_inputs(device, layout, dtype):
-    """NaN inputs take no part in the parameter gradients, and +-inf inputs with a zero
-    upstream gradient add nothing (not 0 * inf): the gradients equal the reference's over the
-    finite elements."""
-    shape = {'planes': (2, 3, 40, 40), 'channels_last': (2, 3, 9, 9), 'rows': (64, 3),
-             'short_planes': (16, 3, 7, 7)}[layout]
-    x = _batch(0, shape, std=2.0).to(dtype)
-    g = _batch(1, shape).to(dtype)
-    flat_x, flat_g = x.view(-1), g.view(-1)
-    nan_at, inf_at = [5, 33, 70, 101], [17, 48, 90]
-    flat_x[nan_at] = float('nan')
-    flat_x[inf_at] = torch.tensor([float('inf'), -float('inf'), float('inf')], dtype=dtype)
-    flat_g[inf_at] = 0
-    if layout == 'channels_last':
-        x = x.contiguous(memory_format=torch.channels_last)
-        g = g.contiguous(memory_format=torch.channels_last)
-    got = _grads(pwlu, x.to(device), g.to(device))
-    bad = ~torch.isfinite(x)
-    expected = _grads(pwlu_reference, x.masked_fill(bad, 0).double(),
-                      g.masked_fill(bad, 0).double())
-    for name, a, b in zip(PARAMS, got, expected):
-        assert torch.isfinite(a).all(), name
-        torch.testing.assert_close(a.double().cpu(), b, atol=1e-4, rtol=1e-5,
-                                   msg=lambda m: f'{name}: {m}')
-
-
-def test_op_infinite_input_with_gradient_gives_infinite_outer_slope_gradient():
-    """Where the math has it: dy/dK_R = x - B_R is +inf at x = +inf."""
-    x = _batch(0, (2, 3, 5, 5)).double()
-    x[0, 0, 0, 0] = float('inf')
-    g = torch.ones_like(x)
-    points, lb, rb, ls, rs = _grads(pwlu, x, g)
-    assert rs[0].item() == float('inf')
-    assert torch.isfinite(rs[1:]).all() and torch.isfinite(points).all()
-    assert torch.isfinite(lb).all() and torch.isfinite(rb).all() and torch.isfinite(ls).all()
-
-
 def test_layer_phase_two_non_finite_input():
     layer = PWLU(3)
-    layer(_batch(0))
+    layer(normal_input(0))
     layer.realign()
-    x = _batch(1).requires_grad_()
+    x = normal_input(1).requires_grad_()
     y = layer(x.detach().clone().index_put_((torch.tensor([0]), torch.tensor([1])),
                                            torch.tensor(float('nan'))))
     assert torch.isnan(y[0, 1]).all() and torch.isfinite(y[1]).all()

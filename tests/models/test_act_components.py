@@ -4,6 +4,7 @@ import os.path as osp
 
 import pytest
 import torch
+from helpers import ROOT
 from torch import nn
 
 pytest.importorskip('mmdet')
@@ -33,7 +34,6 @@ def mmdet_scope():
         yield
 
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MASK_RCNN = osp.join(ROOT, 'configs', 'mask_rcnn', 'mask-rcnn_r50-scratch_fpn_gn-all-{}_3x_coco.py')
 RETINANET = osp.join(ROOT, 'configs', 'retinanet', 'retinanet_r50-scratch_fpn_gn-all-{}_3x_coco.py')
 ACTS = ('relu', 'swish', 'pwlu')

@@ -1,10 +1,9 @@
 """Tests of relu_with_moments, the fused phase-I op (ReLU output + input statistics)."""
 import pytest
 import torch
+from helpers import DEVICES
 
 from pwlu_mmdet.ops import relu_with_moments, relu_with_moments_reference
-
-DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.needs_cuda)]
 
 
 def make_x(shape, dtype, device, layout, seed=0, mean=0.0):

@@ -1,24 +1,14 @@
-"""Smoke tests of the benchmark tools: they run, measure every case and compute their ratios."""
-import importlib.util
-import os
-
+"""Smoke tests of benchmarks/bench_op.py and bench_model.py: they run, measure every case and
+compute their ratios."""
 import pytest
+from helpers import SYNTHETIC_PWLU_CONFIG, load_script
 
 from pwlu_mmdet.ops import compiled_available
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.skipif(not compiled_available(), reason='needs the compiled op')
 def test_bench_op_measures_every_case():
-    bench = load_tool('bench_op')
+    bench = load_script('benchmarks/bench_op.py')
     args = bench.parse_args(['--shape', '2', '16', '8', '8', '--repeat', '2', '--warmup', '1',
                              '--no-compile'])
     rows = bench.run(args)
@@ -36,7 +26,7 @@ def test_bench_op_measures_every_case():
 
 @pytest.mark.skipif(not compiled_available(), reason='needs the compiled op')
 def test_bench_op_suite_cases_parse_and_layer_wise_runs(capsys):
-    bench = load_tool('bench_op')
+    bench = load_script('benchmarks/bench_op.py')
     for case in bench.SUITES['gpu']:
         bench.parse_args(['--suite', 'gpu', *case])
     bench.main(['--shape', '2', '16', '8', '8', '--layer-wise', '--channels-last', '--repeat',
@@ -46,7 +36,7 @@ def test_bench_op_suite_cases_parse_and_layer_wise_runs(capsys):
 
 
 def test_bench_model_rounds_take_medians_and_peaks():
-    bench = load_tool('bench_model')
+    bench = load_script('benchmarks/bench_model.py')
     rounds = [{'ReLU': {'train_ms': t, 'inference_ms': 2 * t, 'peak_rss_mb': m, 'num_pwlu': 0}}
               for t, m in ((10.0, 100.0), (30.0, 90.0), (11.0, 95.0))]
     combined = bench.combine_rounds(rounds)['ReLU']
@@ -56,10 +46,9 @@ def test_bench_model_rounds_take_medians_and_peaks():
 
 @pytest.mark.slow
 def test_bench_model_runs_each_activation():
-    bench = load_tool('bench_model')
+    bench = load_script('benchmarks/bench_model.py')
     args = bench.parse_args([
-        os.path.join(ROOT, 'configs', 'synthetic',
-                     'mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py'),
+        SYNTHETIC_PWLU_CONFIG,
         '--repeat', '1', '--warmup', '0', '--rounds', '1', '--activations', 'ReLU', 'PWLU',
         '--image-size', '64', '64'])
     results = {act: bench.run_child(args, act) for act in ('ReLU', 'PWLU')}

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import known_layer
 from torch import nn
 
 pytest.importorskip('mmengine')
 
 from mmengine.runner import Runner  # noqa: E402
 
-from pwlu_mmdet import PWLU  # noqa: E402
 from pwlu_mmdet.engine import PWLUHook  # noqa: E402
 from pwlu_mmdet.utils.testing import tiny_runner_cfg  # noqa: E402
 
@@ -31,15 +31,6 @@ class Recorder:
         pass
 
     warning = info
-
-
-def known_layer(left, right, num_channels=None, mode='channel'):
-    layer = PWLU(num_channels, num_intervals=4, mode=mode)
-    with torch.no_grad():
-        layer.num_batches_tracked.fill_(1)
-        layer.realign()
-        layer.set_relu_range(torch.tensor(left), torch.tensor(right))
-    return layer
 
 
 def test_validates_arguments():

@@ -5,11 +5,11 @@ on a tiny generated data set, realigning at iteration 3, and keeps a phase-I (it
 phase-II (iter 4) checkpoint.
 """
 import csv
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
+from helpers import SYNTHETIC_PWLU_CONFIG, load_script
 
 pytest.importorskip('mmdet')
 pytest.importorskip('matplotlib')
@@ -19,17 +19,8 @@ from pwlu_mmdet.analysis import (build_model, build_train_dataloader,  # noqa: E
                                  collect_alignment, plot_pwlu_curves, sample_curves,
                                  write_report_figures)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIG = osp.join(ROOT, 'configs', 'synthetic', 'mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py')
+CONFIG = SYNTHETIC_PWLU_CONFIG
 PNG = b'\x89PNG\r\n\x1a\n'
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='session')
@@ -133,7 +124,7 @@ def test_curves_without_the_compiled_op(monkeypatch):
 def test_plot_tool_on_quickstart_checkpoint(quickstart, tmp_path, phase):
     ckpt = quickstart[phase]
     out = str(tmp_path / 'curves.png')
-    layers = load_tool('plot_pwlu').main([ckpt, '--out', out])
+    layers = load_script('tools/analysis/plot_pwlu.py').main([ckpt, '--out', out])
     assert is_png(out)
     assert all(layer.realigned == (phase == 'phase2') for layer in layers.values())
     # The curves drawn from the checkpoint alone are the model's own forward.
@@ -155,7 +146,7 @@ def test_plot_tool_on_quickstart_checkpoint(quickstart, tmp_path, phase):
             torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6, msg=name)
     # --layers selects by regex; --config builds the model.
     out2 = str(tmp_path / 'l4.png')
-    sel = load_tool('plot_pwlu').main([ckpt, '--config', quickstart['config'], '--layers',
+    sel = load_script('tools/analysis/plot_pwlu.py').main([ckpt, '--config', quickstart['config'], '--layers',
                                        r'layer4\.', '--out', out2])
     assert list(sel) == [n for n in model_layers if 'layer4.' in n] and is_png(out2)
 
@@ -172,7 +163,7 @@ def _iou(lo_a, hi_a, lo_b, hi_b):
 
 def test_alignment_tool_on_quickstart_checkpoint(quickstart, tmp_path, capsys):
     out_dir = str(tmp_path / 'iou')
-    report = load_tool('alignment_iou').main(
+    report = load_script('tools/analysis/alignment_iou.py').main(
         [quickstart['config'], quickstart['phase2'], '--num-batches', '2', '--out-dir', out_dir])
     printed = capsys.readouterr().out
     assert is_png(report['histogram'])

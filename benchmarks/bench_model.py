@@ -12,9 +12,10 @@ alike. ``--interleaved`` instead builds every model in this process and alternat
 (ReLU, Swish, PWLU, ReLU, ...), the steadiest ratio on a noisy machine, without memory figures.
 
 Example:
-    python tools/bench_model.py configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py
-    python tools/bench_model.py CONFIG --device cuda --image-size 800 1216 --batch-size 2
-    python tools/bench_model.py CONFIG --interleaved --repeat 30
+    python benchmarks/bench_model.py \\
+        configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py
+    python benchmarks/bench_model.py CONFIG --device cuda --image-size 800 1216 --batch-size 2
+    python benchmarks/bench_model.py CONFIG --interleaved --repeat 30
 """
 import argparse
 import copy
@@ -43,7 +44,7 @@ def build_steps(args, activation: str):
     from mmengine.registry import MODELS
 
     import pwlu_mmdet.models  # noqa: F401  (registers the components)
-    from pwlu_mmdet.engine import realign_model
+    from pwlu_mmdet.layers import realign_model
 
     register_all_modules()
     torch.manual_seed(0)

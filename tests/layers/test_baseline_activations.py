@@ -1,13 +1,11 @@
 """The PWLU paper's comparison activations (FReLU, ChannelPReLU, APL, PAU): each against a
-direct formula in float64, gradcheck, shapes / dtypes / channels_last, the registry and the
-torch-only factory, and clear errors for bad arguments."""
-import importlib.util
-
+direct formula in float64, gradcheck, shapes / dtypes / channels_last, the torch-only factory,
+and clear errors for bad arguments (their mmengine registration: engine/test_registration.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pwlu_mmdet.layers import (APL, PAU, PWLU, TORCH_ACTIVATIONS, ChannelPReLU, FReLU,
+from pwlu_mmdet.layers import (APL, PAU, TORCH_ACTIVATIONS, ChannelPReLU, FReLU,
                                build_activation)
 
 
@@ -240,23 +238,3 @@ def test_torch_factory_fills_the_site_width():
     assert build_activation(dict(type=APL, num_hinges=1), 3).slopes.shape == (1, 3)
     with pytest.raises(KeyError, match="unknown activation 'Mish'"):
         build_activation(dict(type='Mish'), 4)
-
-
-@pytest.mark.skipif(importlib.util.find_spec('mmcv') is None, reason='needs mmcv')
-@pytest.mark.parametrize('name,cls', [('FReLU', FReLU), ('APL', APL), ('PAU', PAU),
-                                      ('ChannelPReLU', ChannelPReLU), ('PWLU', PWLU)])
-def test_build_activation_layer(name, cls):
-    from mmcv.cnn import build_activation_layer
-
-    import pwlu_mmdet.engine  # noqa: F401  (registers the layers)
-    layer = build_activation_layer(dict(type=name, num_channels=32))
-    assert type(layer) is cls and layer.num_channels == 32
-    if name == 'FReLU':
-        with pytest.raises(TypeError, match='num_channels'):
-            build_activation_layer(dict(type=name))  # a depthwise conv needs its width
-    elif name == 'PAU':
-        assert build_activation_layer(dict(type=name)).num_channels is None  # layer-wise
-    else:
-        with pytest.raises(ValueError, match='num_channels is required'):
-            build_activation_layer(dict(type=name))
-        assert build_activation_layer(dict(type=name, mode='layer')).num_channels is None

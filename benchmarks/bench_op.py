@@ -4,8 +4,8 @@ Every implementation runs side by side in one process on the same input; times a
 ratios are to ReLU's time in the same mode.
 
 Example:
-    python tools/bench_op.py --shape 8 256 64 64 --device cpu --dtype float32
-    python tools/bench_op.py --device cuda --dtype bfloat16 --markdown
+    python benchmarks/bench_op.py --shape 8 256 64 64 --device cpu --dtype float32
+    python benchmarks/bench_op.py --device cuda --dtype bfloat16 --markdown
 """
 import argparse
 import platform

@@ -1,5 +1,6 @@
-"""The Table 4 ResNet-18 classifier (mmdet's ActResNet and the torch-only twin) and
-tools/bench_table4.py, including a run with no OpenMMLab package importable."""
+"""The Table 4 ResNet-18 classifier of benchmarks/resnet.py (mmdet's ActResNet and the
+torch-only twin) and benchmarks/bench_table4.py, including a run with no OpenMMLab package
+importable."""
 import importlib.util
 import os
 import subprocess
@@ -7,11 +8,12 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT, load_script
 
-from pwlu_mmdet.benchmark import TorchResNet, build_resnet_classifier
 from pwlu_mmdet.layers import APL, PAU, PWLU, FReLU
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+resnet = load_script('benchmarks/resnet.py')
+TorchResNet, build_resnet_classifier = resnet.TorchResNet, resnet.build_resnet_classifier
 HAS_MMDET = importlib.util.find_spec('mmdet') is not None
 ACTS = [dict(type='ReLU'), dict(type='FReLU', norm_cfg=dict(type='BN')), dict(type='PWLU'),
         dict(type='APL'), dict(type='PAU')]
@@ -66,16 +68,8 @@ def test_torch_twin_matches_act_resnet(act_cfg):
     torch.testing.assert_close(tt(x), mm(x), rtol=0, atol=0)
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'bench_table4', os.path.join(ROOT, 'tools', 'bench_table4.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_table4_runs_every_activation():
-    bench = _load_tool()
+    bench = load_script('benchmarks/bench_table4.py')
     args = bench.parse_args(['--batch-size', '2', '--image-size', '32', '--repeat', '2',
                              '--warmup', '0', '--impl', 'torch', '--acts', 'PWLU', 'FReLU',
                              'APL', 'PAU', 'Swish', 'PReLU'])
@@ -89,7 +83,7 @@ def test_bench_table4_runs_every_activation():
 
 
 def test_bench_table4_realigns_pwlu():
-    bench = _load_tool()
+    bench = load_script('benchmarks/bench_table4.py')
     args = bench.parse_args(['--image-size', '32', '--impl', 'torch'])
     model = bench.build_model('PWLU', args, torch.randn(2, 3, 32, 32))
     layers = [m for m in model.modules() if isinstance(m, PWLU)]
@@ -111,7 +105,7 @@ def test_bench_table4_without_openmmlab(tmp_path):
     code = ('import sys, runpy; '
             "sys.argv = ['bench_table4.py', '--batch-size', '2', '--image-size', '32', "
             "'--repeat', '1', '--warmup', '0', '--acts', 'PWLU', 'FReLU', 'APL', 'PAU']; "
-            "runpy.run_path('tools/bench_table4.py', run_name='__main__'); "
+            "runpy.run_path('benchmarks/bench_table4.py', run_name='__main__'); "
             "import importlib.util as u; "
             "assert all(u.find_spec(m) is None for m in ('mmdet', 'mmcv', 'mmengine'))")
     env = dict(os.environ, PYTHONPATH=f'{bare}{os.pathsep}{ROOT}')

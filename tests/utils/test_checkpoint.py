@@ -148,7 +148,7 @@ def test_stock_optim_wrapper_resumes_with_pwlu_groups(tmp_path):
 
 
 def _strip_new_counters(src, dst):
-    """A checkpoint as saved before the per-channel counters existed."""
+    """A checkpoint without the per-channel counters (as an older layer wrote it)."""
     ckpt = _load_checkpoint(src)
     for key in [k for k in ckpt['state_dict'] if 'channel_batches' in k]:
         del ckpt['state_dict'][key]

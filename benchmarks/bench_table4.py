@@ -3,8 +3,8 @@ ReLU, Swish, PWLU, FReLU, APL and PAU at every activation site, as ratios to ReL
 
 One process builds a 224 x 224 ImageNet ResNet-18 classifier per activation (this project's
 ``ActResNet`` with a global-pool + fc head; without MMDetection, the same network in torch only,
-see ``pwlu_mmdet/benchmark/resnet.py``) and times them interleaved (each round runs every model
-once, starting with another one), as ``tools/bench_model.py --interleaved`` does. ``x ReLU`` is
+see ``benchmarks/resnet.py``) and times them interleaved (each round runs every model
+once, starting with another one), as ``benchmarks/bench_model.py --interleaved`` does. ``x ReLU`` is
 the median of per-round ratios. PWLU is realigned first (phase II, the expensive phase). FReLU
 uses BatchNorm here, the Funnel paper's classification form, as the rest of the network does.
 ``inference`` is a forward under ``torch.no_grad()`` in eval mode; ``train`` is forward,
@@ -13,8 +13,8 @@ cross-entropy, backward and an SGD step.
 Needs only torch (no OpenMMLab package, no torchvision): runs on a bare GPU machine.
 
 Example:
-    python tools/bench_table4.py                              # CPU, batch 8
-    python tools/bench_table4.py --device cuda --batch-size 64 --repeat 50
+    python benchmarks/bench_table4.py                              # CPU, batch 8
+    python benchmarks/bench_table4.py --device cuda --batch-size 64 --repeat 50
 """
 import argparse
 import json
@@ -28,10 +28,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_model import interleaved_times, median_ratios  # noqa: E402
+from resnet import build_resnet_classifier, mmdet_available  # noqa: E402
 
-from pwlu_mmdet.benchmark import build_resnet_classifier  # noqa: E402
-from pwlu_mmdet.benchmark.resnet import mmdet_available  # noqa: E402
-from pwlu_mmdet.layers import PWLU  # noqa: E402
+from pwlu_mmdet.layers import find_pwlu_layers, realign_model  # noqa: E402
 from pwlu_mmdet.ops import compiled_available  # noqa: E402
 
 # name: (act_cfg, the paper's Table 4 ResNet-18 inference ms on a V100, or None)
@@ -53,14 +52,12 @@ def build_model(name: str, args, batch: torch.Tensor) -> torch.nn.Module:
     model = build_resnet_classifier(18, ACTIVATIONS[name][0], impl=args.impl).to(args.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    pwlus = [m for m in model.modules() if isinstance(m, PWLU)]
-    if pwlus:
+    if find_pwlu_layers(model):
         # Phase I on one batch gives the statistics, then every layer switches to phase II.
         model.train()
         with torch.no_grad():
             model(batch)
-        for m in pwlus:
-            m.realign(distributed=False)
+        realign_model(model, distributed=False)
     return model
 
 

@@ -1,9 +1,9 @@
 """The shipped configs: they build, follow the paper's setting and switch activation by one key."""
 import glob
-import importlib.util
 import os.path as osp
 
 import pytest
+from helpers import ROOT, load_script
 from torch import nn
 
 pytest.importorskip('mmdet')
@@ -17,18 +17,10 @@ from pwlu_mmdet import PWLU  # noqa: E402
 
 register_all_modules()
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(
     f for f in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
     if '_base_' not in f)
 PAPER = [f for f in CONFIGS if f.endswith('_3x_coco.py')]
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def act_counts(model):
@@ -115,7 +107,7 @@ def test_variants_differ_only_in_activation(det):
                                            ('PAU', 60)])
 def test_act_switch_from_cfg_options(target, count):
     """`tools/train.py CONFIG --cfg-options model.act_cfg.type=X` switches every site."""
-    train = load_tool('train')
+    train = load_script('tools/train.py')
     for source in ('relu', 'pwlu'):
         config = osp.join(ROOT, 'configs', 'mask_rcnn',
                           f'mask-rcnn_r50-scratch_fpn_gn-all-{source}_3x_coco.py')
@@ -126,7 +118,7 @@ def test_act_switch_from_cfg_options(target, count):
 
 
 def test_act_switch_with_pwlu_options_from_cfg_options():
-    train = load_tool('train')
+    train = load_script('tools/train.py')
     config = osp.join(ROOT, 'configs', 'mask_rcnn',
                       'mask-rcnn_r50-scratch_fpn_gn-all-relu_3x_coco.py')
     args = train.parse_args([config, '--cfg-options', 'model.act_cfg.type=PWLU',

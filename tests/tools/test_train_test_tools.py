@@ -1,7 +1,6 @@
 """End to end on generated data: tools/train.py, tools/test.py (COCO metrics), resume across the
 PWLU phase switch, the quick start and the Table 3 report tool."""
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -10,26 +9,16 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT, SYNTHETIC_PWLU_CONFIG, load_script
 
 pytest.importorskip('mmdet')
 
 from pwlu_mmdet import PWLU  # noqa: E402
 from pwlu_mmdet.datasets import generate_synthetic_coco  # noqa: E402
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIG = osp.join(ROOT, 'configs', 'synthetic', 'mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py')
-
-
-def load_tool(path):
-    spec = importlib.util.spec_from_file_location(osp.basename(path)[:-3],
-                                                  osp.join(ROOT, 'tools', path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-quickstart = load_tool('quickstart.py')
-report = load_tool(osp.join('analysis', 'report.py'))
+CONFIG = SYNTHETIC_PWLU_CONFIG
+quickstart = load_script('tools/quickstart.py')
+report = load_script('tools/analysis/report.py')
 
 
 def run_command(cmd, env=None):

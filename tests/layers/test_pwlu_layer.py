@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pwlu_mmdet import PWLU, alignment_iou, pwlu
+from pwlu_mmdet import PWLU, pwlu
 from pwlu_mmdet.ops import compiled_available, pwlu_reference
 
 PARAMS = ('points', 'left_bound', 'right_bound', 'left_slope', 'right_slope')
@@ -220,12 +220,6 @@ def test_state_dict_carries_phase_and_requires_grad():
     assert clone.realigned and torch.equal(clone(x), src(x))
 
 
-def test_alignment_iou():
-    iou = alignment_iou(torch.tensor([-1., 0., 2., 1.]), torch.tensor([1., 1., 3., 1.]),
-                        torch.tensor([0., 1., 0., 1.]), torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.]))
-    torch.testing.assert_close(iou, torch.tensor([1., 1 / 2, 0., 1.]))
-
-
 # ------------------------------------------------------------------------ degenerate range
 @pytest.mark.parametrize('gap', [0.0, -0.5, 1e-9])
 @pytest.mark.parametrize('mode', ['channel', 'layer'])
@@ -392,26 +386,6 @@ def test_input_validation():
         layer(torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r'\(N, C\)'):
         layer(torch.zeros(3))
-
-
-# ------------------------------------------------------------------------- registration
-def test_registered_in_mmengine_models_with_and_without_scope():
-    pytest.importorskip('mmengine')
-    mmcv_cnn = pytest.importorskip('mmcv.cnn')
-    from mmengine.registry import MODELS, DefaultScope
-
-    import pwlu_mmdet.engine  # noqa: F401  (registers the layers)
-    assert MODELS.get('PWLU') is PWLU
-    layer = mmcv_cnn.build_activation_layer(dict(type='PWLU', num_channels=64))
-    assert isinstance(layer, PWLU) and layer.num_channels == 64
-    pytest.importorskip('mmdet')
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        layer = mmcv_cnn.build_activation_layer(dict(type='PWLU', num_channels=8,
-                                                     num_intervals=8))
-        assert isinstance(layer, PWLU) and layer.num_intervals == 8
-        conv = mmcv_cnn.ConvModule(3, 8, 3, act_cfg=dict(type='PWLU', num_channels=8))
-        assert isinstance(conv.activate, PWLU)
-        assert conv(torch.randn(1, 3, 5, 5)).shape == (1, 8, 3, 3)
 
 
 def test_eval_follows_parameter_changes():

@@ -4,7 +4,7 @@ The PWLU paper times its activations on an ImageNet ResNet-18 (Table 4). The pri
 this project's ``ActResNet`` (mmdet's ``ResNet``, every site its own module); where MMDetection
 is not installed (a bare GPU machine with torch only), :class:`TorchResNet` builds the same
 network with the same module names, so a state dict loads into either and both compute the same
-function (``tests/test_benchmark_resnet.py`` checks it).
+function (``tests/benchmarks/test_bench_table4.py`` checks it).
 """
 import importlib.util
 import logging
@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..layers.factory import build_activation
-from ..layers.frelu import build_norm
+from pwlu_mmdet.layers.factory import build_activation
+from pwlu_mmdet.layers.frelu import build_norm
 
 __all__ = ['TorchResNet', 'ResNetClassifier', 'build_resnet_classifier']
 
@@ -158,7 +158,7 @@ def build_resnet_classifier(depth: int = 18, act_cfg: Optional[dict] = None,
     else:
         from mmengine.logging import MMLogger
 
-        from ..models import ActResNet
+        from pwlu_mmdet.models import ActResNet
         backbone = ActResNet(depth, act_cfg=act_cfg, norm_cfg=norm_cfg, out_indices=(3, ),
                              style='pytorch')
         # init_weights logs every parameter at INFO level.
