@@ -1,15 +1,17 @@
-"""pwlu-mmdet: the Piecewise Linear Unit (PWLU) for MMDetection."""
-import importlib.util
+"""pwlu-mmdet: the Piecewise Linear Unit (PWLU) for MMDetection.
 
-from .version import __version__
+Importing this package, :mod:`pwlu_mmdet.ops` or :mod:`pwlu_mmdet.layers` needs only torch and
+never imports mmengine. The OpenMMLab integration is imported explicitly, usually through a
+config's ``custom_imports``:
+
+* ``pwlu_mmdet.engine`` (mmengine): registers the activation layers, ``PWLUHook`` and
+  ``PWLUOptimWrapperConstructor``, and makes mmengine's checkpoint loader accept its own
+  checkpoints under torch >= 2.6 (:mod:`pwlu_mmdet.utils.checkpoint`);
+* ``pwlu_mmdet.models`` (mmdet): the ``Act*`` components; imports ``pwlu_mmdet.engine``.
+"""
+from .layers import PWLU, alignment_iou, statistics_step
 from .ops import compiled_available, pwlu, pwlu_reference
-from .layers import PWLU, alignment_iou
-from .layers.pwlu import statistics_step
-
-# The MMEngine integration (PWLUHook, PWLUOptimWrapperConstructor, the checkpoint-loading fix)
-# registers itself on import; the layer and the op above need nothing but torch.
-if importlib.util.find_spec('mmengine') is not None:
-    from . import engine  # noqa: F401
+from .version import __version__
 
 __all__ = ['__version__', 'pwlu', 'pwlu_reference', 'compiled_available', 'PWLU',
            'alignment_iou', 'statistics_step']

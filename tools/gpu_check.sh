@@ -49,16 +49,15 @@ log "built in $(( $(date +%s) - start )) s"
 
 log "CUDA tests"
 # PYTEST_ARGS: e.g. "-n 4" (pytest-xdist) to share the tests' CPU-side references among cores.
-PYTHONPATH=$ROOT$SITE timeout 300 $PY -m pytest tests/test_ops.py tests/test_ops_channel_tiles.py \
-  tests/test_relu_moments.py tests/test_statistics_steps.py -q -k cuda -p no:cacheprovider -rfE \
+PYTHONPATH=$ROOT$SITE timeout 300 $PY -m pytest tests/ops -q -k cuda -p no:cacheprovider -rfE \
   ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.txt" | tail -25
 
 log "op benchmark"
-PYTHONPATH=$ROOT$SITE timeout 240 $PY tools/bench_op.py --device cuda --suite gpu --repeat 50 \
+PYTHONPATH=$ROOT$SITE timeout 240 $PY benchmarks/bench_op.py --device cuda --suite gpu --repeat 50 \
   --warmup 10 --no-compile --no-reference 2>&1 | tee "$OUT/bench.md" | tail -3
 if [ -n "$BASELINE" ]; then
   log "op benchmark of $BASELINE"
-  PYTHONPATH=$BASELINE$SITE timeout 240 $PY tools/bench_op.py --device cuda --suite gpu --repeat 50 \
+  PYTHONPATH=$BASELINE$SITE timeout 240 $PY benchmarks/bench_op.py --device cuda --suite gpu --repeat 50 \
     --warmup 10 --no-compile --no-reference 2>&1 | tee "$OUT/bench_baseline.md" | tail -3
 fi
 
@@ -69,7 +68,7 @@ if [ "${MODELS:-0}" = 1 ]; then
   PYTHONPATH=$ROOT$SITE $PY -c "import mmdet; import mmcv._ext" 2>/dev/null \
     || with_ops=(tools/misc/mmcv_ops_from_torchvision.py)
   log "Table 4: ResNet-18, 224 x 224"
-  PYTHONPATH=$ROOT$SITE timeout 300 $PY "${with_ops[@]}" tools/bench_table4.py --device cuda \
+  PYTHONPATH=$ROOT$SITE timeout 300 $PY "${with_ops[@]}" benchmarks/bench_table4.py --device cuda \
     --batch-size 64 --repeat 50 2>&1 | tee "$OUT/table4.md" | tail -12
   if PYTHONPATH=$ROOT$SITE $PY -c "import mmdet" 2>/dev/null; then
     : > "$OUT/models.md"
@@ -77,7 +76,7 @@ if [ "${MODELS:-0}" = 1 ]; then
         "configs/mask_rcnn/mask-rcnn_r50-scratch_fpn_gn-all-pwlu_3x_coco.py 800 1216 2"; do
       read -r config h w batch <<< "$spec"
       log "bench_model $config"
-      PYTHONPATH=$ROOT$SITE timeout 300 $PY "${with_ops[@]}" tools/bench_model.py "$config" \
+      PYTHONPATH=$ROOT$SITE timeout 300 $PY "${with_ops[@]}" benchmarks/bench_model.py "$config" \
         --device cuda --interleaved --image-size "$h" "$w" --batch-size "$batch" --repeat 20 \
         --warmup 5 2>&1 | tee -a "$OUT/models.md" | tail -8
     done

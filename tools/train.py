@@ -11,8 +11,10 @@ import argparse
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config
 
-import pwlu_mmdet.models  # noqa: F401  (registers PWLU, PWLUHook and the Act* components)
-from pwlu_mmdet.models.cli import add_common_args, build_runner, load_config
+# Registers the Act* components, the activation layers, PWLUHook and the optimizer constructor,
+# and lets mmengine load its checkpoints under torch >= 2.6 (resume, test): see pwlu_mmdet.engine.
+import pwlu_mmdet.models  # noqa: F401
+from pwlu_mmdet.apis import add_common_args, build_runner, load_config
 from pwlu_mmdet.utils.dist import destroy_process_group
 
 

@@ -2,7 +2,7 @@
 import os
 import sys
 
-sys.path.insert(0, 'tools')
+sys.path.insert(0, 'benchmarks')
 import bench_op as b  # noqa: E402
 
 common = ['--device', 'cuda', '--repeat', '50', '--warmup', '10', '--no-compile', '--no-reference']

@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from .stats import InputStatistics, LayerAlignment, find_pwlu_layers
+from ..layers import InputStatistics, LayerAlignment, find_pwlu_layers
 
 __all__ = ['load_config', 'build_model', 'build_train_dataloader', 'collect_alignment']
 
@@ -26,9 +26,9 @@ def load_config(config, cfg_options: Optional[dict] = None):
 
 
 def _register_mmdet() -> None:
+    # This project's components come from the config's custom_imports (pwlu_mmdet.models),
+    # which Config.fromfile imports.
     from mmdet.utils import register_all_modules
-
-    import pwlu_mmdet.models  # noqa: F401  (registers PWLU, PWLUHook, the Act* components)
     register_all_modules(init_default_scope=True)
 
 
@@ -48,10 +48,13 @@ def build_model(config, checkpoint: Optional[str] = None, cfg_options: Optional[
     _register_mmdet()
     from mmdet.registry import MODELS
     from mmengine.runner import load_checkpoint
+
+    from ..utils.checkpoint import mmengine_checkpoint_globals
     cfg = load_config(config, cfg_options)
     model = MODELS.build(cfg.model)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+        with mmengine_checkpoint_globals():
+            load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     return model.to(device).eval()
 
 

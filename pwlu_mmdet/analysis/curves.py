@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..layers import PWLU
+from ..layers import PWLU, find_pwlu_layers
 
 __all__ = ['load_state_dict', 'pwlu_layers_from_state_dict', 'load_pwlu_layers', 'filter_layers',
            'select_channels', 'sample_curves', 'curve_grid', 'plot_pwlu_curves', 'save_figure']
@@ -24,8 +24,9 @@ _STATE_KEYS = ('points', 'left_bound', 'right_bound', 'left_slope', 'right_slope
 def load_state_dict(checkpoint: str) -> Dict[str, torch.Tensor]:
     """The model state dict of a checkpoint file (mmengine's format or a plain state dict).
 
-    mmengine's loader is used when available (``import pwlu_mmdet`` makes it accept mmengine
-    checkpoints under ``weights_only=True``); a ``module.`` prefix (DDP) is removed.
+    mmengine's loader is used when available, accepting what mmengine checkpoints hold under
+    ``weights_only=True`` (:func:`pwlu_mmdet.utils.checkpoint.mmengine_checkpoint_globals`); a
+    ``module.`` prefix (DDP) is removed.
 
     Args:
         checkpoint (str): Path (or any URL mmengine's ``CheckpointLoader`` understands).
@@ -34,11 +35,14 @@ def load_state_dict(checkpoint: str) -> Dict[str, torch.Tensor]:
         dict[str, Tensor]: The state dict.
     """
     try:
-        import pwlu_mmdet.engine  # noqa: F401  (the checkpoint-loading fix)
         from mmengine.runner import CheckpointLoader
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+
+        from ..utils.checkpoint import mmengine_checkpoint_globals
     except ImportError:
         ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    else:
+        with mmengine_checkpoint_globals():
+            ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
     return OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
                        for k, v in state.items())
@@ -97,8 +101,7 @@ def load_pwlu_layers(checkpoint: str,
     else:
         from .collect import build_model
         model = build_model(config, checkpoint, cfg_options=cfg_options)
-        layers = OrderedDict(
-            (name, m) for name, m in model.named_modules() if isinstance(m, PWLU))
+        layers = OrderedDict(find_pwlu_layers(model))
     return filter_layers(layers, pattern)
 
 

@@ -11,8 +11,8 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ..layers import LayerAlignment, find_pwlu_layers, stage_name, summarize_stages
 from .curves import filter_layers, plot_pwlu_curves, save_figure
-from .stats import LayerAlignment, find_pwlu_layers, stage_name, summarize_stages
 
 __all__ = ['LAYER_CSV_FIELDS', 'CHANNEL_CSV_FIELDS', 'mean_iou', 'layer_rows', 'channel_rows',
            'write_csv', 'plot_iou_histogram', 'write_alignment_report', 'run_alignment_iou',

@@ -1,13 +1,26 @@
-"""MMEngine integration: the phase hook, the optimizer constructor, DDP gradient sync and the
-checkpoint-loading fix (applied on import, see :mod:`pwlu_mmdet.engine.checkpoint`)."""
-from .checkpoint import mmengine_safe_globals, patch_mmengine_checkpoint_loading
+"""MMEngine integration: the phase hook, the optimizer constructor and the DDP gradient sync.
+
+Importing this package (directly, through ``pwlu_mmdet.models``, or through a config's
+``custom_imports = dict(imports=['pwlu_mmdet.engine'])``) does, and only then:
+
+* registers the activation layers (``PWLU``, ``FReLU``, ``ChannelPReLU``, ``APL``, ``PAU``) in
+  mmengine's root ``MODELS`` (:mod:`pwlu_mmdet.engine.activations`), ``PWLUHook`` in ``HOOKS``
+  and ``PWLUOptimWrapperConstructor`` in ``OPTIM_WRAPPER_CONSTRUCTORS``;
+* patches ``mmengine.runner.CheckpointLoader.load_checkpoint`` so that it loads mmengine's own
+  checkpoints (resume, test from a checkpoint) under torch >= 2.6, allowing exactly the extra
+  globals they hold (:func:`pwlu_mmdet.utils.checkpoint.patch_mmengine_checkpoint_loading`).
+"""
+from ..layers import realign_model
+from ..utils.checkpoint import mmengine_safe_globals, patch_mmengine_checkpoint_loading
+from .activations import ACTIVATIONS
 from .grad_sync import PWLUGradSync, install_pwlu_grad_sync
-from .hooks import PWLUHook, pwlu_layers, realign_model
-from .optim import PWLUOptimWrapperConstructor
+from .hooks import PWLUHook
+from .optim import PWLUOptimWrapperConstructor, add_pwlu_param_groups
 
 patch_mmengine_checkpoint_loading()
 
 __all__ = [
-    'PWLUHook', 'PWLUOptimWrapperConstructor', 'PWLUGradSync', 'install_pwlu_grad_sync',
-    'pwlu_layers', 'realign_model', 'mmengine_safe_globals', 'patch_mmengine_checkpoint_loading'
+    'PWLUHook', 'PWLUOptimWrapperConstructor', 'add_pwlu_param_groups', 'PWLUGradSync',
+    'install_pwlu_grad_sync', 'realign_model', 'ACTIVATIONS', 'mmengine_safe_globals',
+    'patch_mmengine_checkpoint_loading'
 ]

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..layers import PWLU
+from ..layers import find_pwlu_layers
 
 __all__ = ['PWLUGradSync', 'install_pwlu_grad_sync']
 
@@ -66,9 +66,7 @@ class PWLUGradSync:
         self._queued = False
         self._sync_next_backward = True
         self._handles = []
-        for name, layer in module.named_modules():
-            if not isinstance(layer, PWLU):
-                continue
+        for name, layer in find_pwlu_layers(module):
             for pname, param in layer.named_parameters(recurse=False):
                 if ddp is not None and param.requires_grad:
                     continue  # already reduced by DDP, see above

@@ -1,57 +1,19 @@
 """MMEngine hook that runs the two training phases of PWLU (Sec. 3.3; docs/method.md)."""
 from typing import Dict, List, Optional, Tuple
 
-import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import HOOKS
 from torch import nn
 
-from ..analysis.stats import InputStatistics, find_pwlu_layers, summarize_stages
-from ..layers import PWLU, alignment_iou
+from ..layers import PWLU, InputStatistics, find_pwlu_layers, realign_model, summarize_stages
 from .grad_sync import install_pwlu_grad_sync
 from .optim import add_pwlu_param_groups
 
-__all__ = ['PWLUHook', 'pwlu_layers', 'realign_model']
+__all__ = ['PWLUHook']
 
 DATA_BATCH = Optional[dict]
-
-
-pwlu_layers = find_pwlu_layers  # ``(name, layer)`` of every PWLU, unwrapped, in module order
-
-
-@torch.no_grad()
-def realign_model(model: nn.Module, distributed: Optional[bool] = None
-                  ) -> Dict[str, Tuple[float, float]]:
-    """Realign every PWLU of ``model`` that is still in phase I (Eq. 6).
-
-    Layers are visited in module order, which is the same on every rank, so the per-layer
-    collectives of :meth:`PWLU.realign` match up under ``torch.distributed``.
-
-    Args:
-        model (nn.Module): The model or its wrapper.
-        distributed (bool, optional): Passed to :meth:`PWLU.realign`.
-
-    Returns:
-        dict[str, tuple[float, float]]: Per realigned layer, the mean alignment IoU (Eq. 7)
-        of its learnable range with its input range ``mu +- sigma * std`` before and after the
-        reset (after is 1 up to the minimum range width).
-    """
-    summary = {}
-    for name, layer in pwlu_layers(model):
-        if layer.realigned:
-            continue
-        left, right = layer.valid_range()
-        left, right = left.detach().clone(), right.detach().clone()
-        layer.realign(distributed=distributed, name=name)
-        # realign() wrote the (rank-combined) statistics back into the buffers.
-        mean, std = layer.running_mean, layer.running_std
-        before = alignment_iou(left, right, mean, std, layer.sigma).mean().item()
-        left, right = layer.valid_range()
-        after = alignment_iou(left, right, mean, std, layer.sigma).mean().item()
-        summary[name] = (before, after)
-    return summary
 
 
 @HOOKS.register_module()
@@ -97,7 +59,7 @@ class PWLUHook(Hook):
       ``B_L`` or above ``B_R``.
 
     A stage is the first ``stage_depth`` components of the layer's parent module
-    (:func:`pwlu_mmdet.analysis.stage_name`: ``backbone.layer1``, ``rpn_head``,
+    (:func:`pwlu_mmdet.layers.stage_name`: ``backbone.layer1``, ``rpn_head``,
     ``roi_head.bbox_head`` ...). The measurement is a forward pre-hook on every PWLU that is
     registered only for the logging iterations (no cost on the others); it reads the input and
     never writes the layers' parameters or buffers. Before the switch the values describe the
@@ -106,7 +68,7 @@ class PWLUHook(Hook):
 
     Config::
 
-        custom_imports = dict(imports=['pwlu_mmdet'], allow_failed_imports=False)
+        custom_imports = dict(imports=['pwlu_mmdet.engine'], allow_failed_imports=False)
         custom_hooks = [dict(type='PWLUHook', realign_iter=5000)]
         # or dict(type='PWLUHook', realign_epoch=5, log_interval=100)
 
@@ -161,7 +123,7 @@ class PWLUHook(Hook):
     def before_run(self, runner) -> None:
         """Install the phase-II gradient sync on a DDP-wrapped model; give the PWLU parameters
         their param groups where the optimizer constructor did not."""
-        layers = pwlu_layers(runner.model)
+        layers = find_pwlu_layers(runner.model)
         self._layers = [layer for _, layer in layers]
         if not layers:
             runner.logger.warning('PWLUHook: the model has no PWLU layer; the hook does nothing')
@@ -191,7 +153,7 @@ class PWLUHook(Hook):
 
     def before_train(self, runner) -> None:
         """Check that the optimizer will train the PWLU parameters in phase II."""
-        layers = pwlu_layers(runner.model)
+        layers = find_pwlu_layers(runner.model)
         if not layers:
             return
         wrappers = (runner.optim_wrapper.values() if hasattr(runner.optim_wrapper, 'values')
@@ -244,14 +206,14 @@ class PWLUHook(Hook):
             layer.begin_statistics_step()
         if self.log_interval and self.every_n_train_iters(runner, self.log_interval):
             if self._stats is None:
-                self._stats = InputStatistics(pwlu_layers(runner.model))
+                self._stats = InputStatistics(find_pwlu_layers(runner.model))
             if self._stats.layers:
                 self._stats.reset()
                 self._stats.attach()
 
     def _phase_one_layers(self, runner) -> List[PWLU]:
         if self._layers is None:
-            self._layers = [layer for _, layer in pwlu_layers(runner.model)]
+            self._layers = [layer for _, layer in find_pwlu_layers(runner.model)]
         # Python flags mirror the phase buffers: no device sync on the every-iteration path.
         return [layer for layer in self._layers if not layer.realigned]
 
@@ -297,7 +259,7 @@ class PWLUHook(Hook):
         """Log the non-finite batch statistics phase I skipped (summed over ranks by the
         realignment), and the channels that had no finite one."""
         total, lines = 0, []
-        for name, layer in pwlu_layers(runner.model):
+        for name, layer in find_pwlu_layers(runner.model):
             skipped = layer.channel_batches_skipped
             count = int(skipped.sum().item())
             if not count:

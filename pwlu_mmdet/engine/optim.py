@@ -12,10 +12,10 @@ stay bit-identical until :meth:`PWLU.realign` makes them trainable.
 
 PWLU parameters with the same settings share one param group (the stock constructor makes a
 group per parameter), which takes the optimizer's multi-tensor (``foreach``) path where it has
-one and the config does not choose: a detector has five small PWLU tensors per activation, and
-stepping them one group at a time cost the quick-start Mask R-CNN 1.7 ms per training step
-(0.7 ms shared and ``foreach``, on CPU). ``pwlu_shared_groups=False`` keeps a group per
-parameter, as before, e.g. to resume an optimizer state saved that way.
+one and the config does not choose: a detector has five small PWLU tensors per activation site,
+and stepping them one small group at a time costs far more than one multi-tensor step over all
+of them. ``pwlu_shared_groups=False`` keeps a group per parameter, e.g. to resume an optimizer
+state saved with such groups.
 
 Config (any mmdet ``optim_wrapper``, stock ``paramwise_cfg`` options still apply to the other
 parameters)::
@@ -31,12 +31,11 @@ precedence, exactly as it does for any other parameter.
 import inspect
 from typing import List, Optional
 
-from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from torch import nn
 
-from ..layers import PWLU
+from ..layers import PWLU, find_pwlu_layers
 
 __all__ = ['PWLUOptimWrapperConstructor', 'add_pwlu_param_groups']
 
@@ -207,8 +206,7 @@ def add_pwlu_param_groups(optim_wrapper: OptimWrapper, model: nn.Module,
         int: The number of PWLU parameters moved or added.
     """
     optimizer = optim_wrapper.optimizer
-    module = model.module if is_model_wrapper(model) else model
-    pwlu = [p for m in module.modules() if isinstance(m, PWLU) for p in m.parameters()]
+    pwlu = [p for _, layer in find_pwlu_layers(model) for p in layer.parameters()]
     pwlu_ids = {id(p) for p in pwlu}
     owner = {id(p): group for group in optimizer.param_groups for p in group['params']}
     by_template = {}

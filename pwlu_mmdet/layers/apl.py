@@ -6,12 +6,10 @@ import torch
 from torch import nn
 
 from ._common import check_input, check_sets, per_channel
-from ._registry import register_activation
 
 __all__ = ['APL']
 
 
-@register_activation
 class APL(nn.Module):
     """``y = max(0, x) + sum_{s=1..S} a_{c,s} * max(0, b_{c,s} - x)`` with ``S`` learnable
     hinges per channel.

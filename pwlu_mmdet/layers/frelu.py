@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from ._common import check_input
-from ._registry import register_activation
 
 __all__ = ['FReLU']
 
@@ -47,7 +46,6 @@ def build_norm(norm_cfg: dict, num_channels: int) -> nn.Module:
                      f'got {norm_type!r}')
 
 
-@register_activation
 class FReLU(nn.Module):
     """``y = max(x, T(x))``, ``T`` a ``k x k`` depthwise conv followed by a normalisation.
 

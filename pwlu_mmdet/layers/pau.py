@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from ._common import check_input, check_sets, per_channel
-from ._registry import register_activation
 
 __all__ = ['PAU']
 
@@ -17,7 +16,6 @@ _LEAKY_RELU_NUMERATOR = (0.029431212, 0.62611280, 2.3778935, 3.1428500, 1.535346
 _LEAKY_RELU_DENOMINATOR = (1.2263226, 4.4455734, 0.94066515, 0.35300433)
 
 
-@register_activation
 class PAU(nn.Module):
     """Safe Padé Activation Unit of degrees ``(m, n)``::
 

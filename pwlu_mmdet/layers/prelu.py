@@ -12,12 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import check_input, check_sets
-from ._registry import register_activation
 
 __all__ = ['ChannelPReLU']
 
 
-@register_activation
 class ChannelPReLU(nn.Module):
     """``y = max(0, x) + a_c * min(0, x)`` with a learnable slope ``a_c`` per channel.
 

@@ -1,13 +1,11 @@
 """The PWLU activation layer (docs/method.md) with statistic-based realignment (Sec. 3.3).
 
-Only torch is needed to use the layer; when mmengine is installed the class is also registered
-in mmengine's root ``MODELS`` registry, which every OpenMMLab scope (``mmdet``, ``mmcv``'s
-``build_activation_layer``) falls back to, so ``dict(type='PWLU', num_channels=64)`` builds with
-or without a default scope.
+Only torch is needed. ``import pwlu_mmdet.engine`` registers the class in mmengine's root
+``MODELS`` (:mod:`pwlu_mmdet.engine.activations`), so that ``dict(type='PWLU', num_channels=64)``
+builds in every OpenMMLab scope.
 """
-import contextlib
 import warnings
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -16,38 +14,11 @@ from torch import nn
 from .. import ops
 from ..ops import compiled_available, pwlu
 
-__all__ = ['PWLU', 'alignment_iou', 'pool_moments', 'statistics_step']
+__all__ = ['PWLU', 'pool_moments']
 
 _PHASE_I = 1
 _PHASE_II = 2
 _PARAM_NAMES = ('points', 'left_bound', 'right_bound', 'left_slope', 'right_slope')
-
-
-def alignment_iou(left_bound: torch.Tensor, right_bound: torch.Tensor, mean: torch.Tensor,
-                  std: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
-    """Alignment IoU of Eq. 7: ``|A n B| / |A u B|`` of two intervals on the real line.
-
-    ``A = [left_bound, right_bound]`` is the learnable range and ``B = [mean - sigma * std,
-    mean + sigma * std]`` the input's range. Degenerate (zero-length) unions count as IoU 1 when
-    the intervals coincide and 0 otherwise.
-
-    Args:
-        left_bound (Tensor): ``B_L`` per parameter set.
-        right_bound (Tensor): ``B_R``, same shape.
-        mean (Tensor): Input mean per parameter set.
-        std (Tensor): Input standard deviation per parameter set.
-        sigma (float): Width of the input range in standard deviations. Defaults to 3.0.
-
-    Returns:
-        Tensor: IoU per parameter set, float32, in ``[0, 1]``.
-    """
-    a_lo, a_hi = left_bound.float(), right_bound.float()
-    b_lo, b_hi = (mean - sigma * std).float(), (mean + sigma * std).float()
-    inter = (torch.minimum(a_hi, b_hi) - torch.maximum(a_lo, b_lo)).clamp_min(0)
-    union = torch.maximum(a_hi, b_hi) - torch.minimum(a_lo, b_lo)
-    same = (a_lo == b_lo) & (a_hi == b_hi)
-    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(torch.float32).tiny),
-                       same.float())
 
 
 def pool_moments(moments: Sequence[Tuple[torch.Tensor, torch.Tensor]]
@@ -94,31 +65,6 @@ class _Combined(NamedTuple):
     layer_ranks: int  # ranks that tracked at least one batch
     tracked: torch.Tensor  # per set: channel_batches_tracked summed over ranks
     skipped: torch.Tensor  # per set: channel_batches_skipped summed over ranks
-
-
-@contextlib.contextmanager
-def statistics_step(module: nn.Module) -> Iterator[None]:
-    """Make the block one statistics step for every PWLU in ``module`` (Eq. 5).
-
-    For training loops without :class:`pwlu_mmdet.engine.PWLUHook` (which does this around
-    every training iteration) in which a PWLU runs several times per step::
-
-        for batch in loader:
-            with statistics_step(model):
-                loss = model(batch)
-            loss.backward()
-
-    Args:
-        module (nn.Module): A PWLU or a model containing PWLU layers.
-    """
-    layers = [m for m in module.modules() if isinstance(m, PWLU)]
-    for layer in layers:
-        layer.begin_statistics_step()
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.end_statistics_step()
 
 
 class PWLU(nn.Module):
@@ -258,7 +204,7 @@ class PWLU(nn.Module):
     def reset_parameters(self) -> None:
         """Initialise as ReLU on ``[-init_bound, init_bound]``, clear statistics, enter phase I."""
         with torch.no_grad():
-            self._write_relu(
+            self.set_relu_range(
                 torch.full_like(self.left_bound, -self.init_bound),
                 torch.full_like(self.right_bound, self.init_bound))
             self.running_mean.zero_()
@@ -279,8 +225,21 @@ class PWLU(nn.Module):
     def _pwlu_parameters(self):
         return [getattr(self, name) for name in _PARAM_NAMES]
 
-    def _write_relu(self, left_bound: torch.Tensor, right_bound: torch.Tensor) -> None:
-        """Write ReLU on ``[left_bound, right_bound]`` in place (Eq. 6 / the initialisation)."""
+    @torch.no_grad()
+    def set_relu_range(self, left_bound: torch.Tensor, right_bound: torch.Tensor) -> None:
+        """Make the function ReLU on the range ``[left_bound, right_bound]``, in place.
+
+        Writes ``Y_i = ReLU(B_i)`` at the demarcation points ``B_i = B_L + i * (B_R - B_L) / N``
+        (placed exactly as the op places them), ``K_L = 0`` and ``K_R = 1``: what the
+        initialisation and the realignment (Eq. 6) write. The phase and the statistics stay as
+        they are, and the parameter tensors are written in place, so that an optimizer built
+        before keeps training them.
+
+        Args:
+            left_bound (Tensor): ``B_L`` per parameter set, shape ``(sets,)``.
+            right_bound (Tensor): ``B_R``, same shape. Both are converted to the parameters'
+                dtype.
+        """
         n = self.num_intervals
         left_bound = left_bound.to(self.left_bound.dtype)
         right_bound = right_bound.to(self.right_bound.dtype)
@@ -467,7 +426,7 @@ class PWLU(nn.Module):
         # A constant channel (std 0) would give an empty range: widen it to the minimum the
         # forward allows, so that the reset is exactly what the forward computes.
         left, right = ops.guard_range(left, right, self.range_eps)
-        self._write_relu(left, right)
+        self.set_relu_range(left, right)
         self.phase.fill_(_PHASE_II)
         self._set_phase(True)
 
@@ -509,8 +468,9 @@ class PWLU(nn.Module):
                 # In place only where no autograd graph can need x (as relu_ in ConvModule).
                 forward = ops.pwlu_ if self.inplace and not torch.is_grad_enabled() else pwlu
                 return forward(x, *self._pwlu_parameters(), self.range_eps)
-        # The op applies the range guard (valid_range) itself: as separate small ops with their
-        # autograd nodes it cost about as much as the op on the RoI heads' small inputs.
+        # The op applies the range guard (valid_range) itself: as separate small ops, each with
+        # its autograd node, the guard would cost about as much as the op on the RoI heads'
+        # small inputs.
         return pwlu(x, *self._pwlu_parameters(), self.range_eps)
 
     # --------------------------------------------------------------------- Sec. 4.3 tables
@@ -591,7 +551,7 @@ class PWLU(nn.Module):
 
 
 def _add_per_set_counters(state_dict: dict, prefix: str) -> None:
-    """Give a state dict saved before the per-set counters existed their values, in place.
+    """Give a state dict without the per-set counters (an older layer's) their values, in place.
 
     Those layers updated every set in every tracked batch, so ``channel_batches_tracked`` is
     ``num_batches_tracked`` -- except where the running statistics are not finite: a batch
@@ -624,11 +584,3 @@ def _exporting() -> bool:
         return True
     is_exporting = getattr(torch.compiler, 'is_exporting', None)
     return bool(is_exporting is not None and is_exporting())
-
-
-try:  # registration only; the layer itself needs nothing but torch
-    from mmengine.registry import MODELS as _MODELS
-except ImportError:  # pragma: no cover - mmengine is a dependency of the package
-    _MODELS = None
-if _MODELS is not None:
-    _MODELS.register_module(name='PWLU', module=PWLU)

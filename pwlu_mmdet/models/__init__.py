@@ -1,10 +1,12 @@
 """MMDetection components in which every activation site is its own module built from an
 ``act_cfg`` with the site's channel count, and detectors with one model-wide ``act_cfg``.
 
-Importing this subpackage needs mmdet; it registers everything in mmdet's ``MODELS`` (and
-imports :mod:`pwlu_mmdet`, which registers ``PWLU`` and ``PWLUHook``).
+Importing this subpackage needs mmdet; it registers the components in mmdet's ``MODELS`` and
+imports :mod:`pwlu_mmdet.engine` (the activation layers, ``PWLUHook``, the optimizer constructor
+and the checkpoint loading; see there), so that a config's
+``custom_imports = dict(imports=['pwlu_mmdet.models'])`` brings everything a run needs.
 """
-import pwlu_mmdet  # noqa: F401  (registers PWLU, PWLUHook)
+from .. import engine  # noqa: F401
 
 from .activation import build_site_act, set_conv_module_act, site_act_cfg, spread_act_cfg
 from .backbones import ActBasicBlock, ActBottleneck, ActResNet

@@ -25,7 +25,7 @@ def _act_class(act_cfg: dict):
     cls = act_type if inspect.isclass(act_type) else MODELS.get(act_type)
     if cls is None:
         raise KeyError(f'activation {act_type!r} is not registered in MMDetection/MMEngine '
-                       f'MODELS (did you import its package, e.g. pwlu_mmdet?)')
+                       f'MODELS (did you import its package, e.g. pwlu_mmdet.engine?)')
     return cls
 
 

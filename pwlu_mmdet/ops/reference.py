@@ -73,6 +73,14 @@ def pwlu_reference(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tens
     return y.to(x.dtype).contiguous(memory_format=suggest_memory_format(x))
 
 
+def pwlu_reference_(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tensor,
+                    right_bound: torch.Tensor, left_slope: torch.Tensor,
+                    right_slope: torch.Tensor, range_eps: float = 0.0) -> torch.Tensor:
+    """In-place :func:`pwlu_reference`: computed, then copied into ``x``, which is returned."""
+    return x.copy_(pwlu_reference(x, points, left_bound, right_bound, left_slope, right_slope,
+                                  range_eps))
+
+
 def suggest_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The memory format PWLU's output keeps: channels-last if ``x`` is, else contiguous."""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \

@@ -20,7 +20,8 @@ from mmengine.config import Config, DictAction
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-import pwlu_mmdet  # noqa: F401  (registers PWLU, PWLUHook and the mmdet components)
+# Registers the Act* components, the activation layers, PWLUHook and the optimizer constructor,
+# and lets mmengine load its checkpoints under torch >= 2.6 (resume, test): see pwlu_mmdet.engine.
 import pwlu_mmdet.models  # noqa: F401
 
 

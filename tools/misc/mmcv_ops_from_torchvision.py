@@ -5,12 +5,12 @@ ops (``mmcv-lite``, or ``MMCV_WITH_OPS=0``), where building mmcv's CUDA ops is n
 mmdet imports ``mmcv.ops`` everywhere, and two-stage detectors call RoIAlign and NMS. This
 stands in an ``mmcv._ext`` module whose ``roi_align_forward`` / ``roi_align_backward`` (average
 pooling, mmdet's setting) and ``nms`` (offset 0) call torchvision's kernels; every other op of
-``mmcv._ext`` raises when called. Meant for benchmarks such as ``tools/bench_model.py``, whose
+``mmcv._ext`` raises when called. Meant for benchmarks such as ``benchmarks/bench_model.py``, whose
 ratios compare activations on the same model; absolute times include torchvision's RoIAlign and
 NMS instead of mmcv's.
 
 Example:
-    python tools/misc/mmcv_ops_from_torchvision.py tools/bench_model.py CONFIG --device cuda
+    python tools/misc/mmcv_ops_from_torchvision.py benchmarks/bench_model.py CONFIG --device cuda
 """
 import importlib.machinery
 import runpy

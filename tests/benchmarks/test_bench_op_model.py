@@ -1,0 +1,63 @@
+"""Smoke tests of benchmarks/bench_op.py and bench_model.py: they run, measure every case and
+compute their ratios."""
+import pytest
+from helpers import SYNTHETIC_PWLU_CONFIG, load_script
+
+from pwlu_mmdet.ops import compiled_available
+
+
+@pytest.mark.skipif(not compiled_available(), reason='needs the compiled op')
+def test_bench_op_measures_every_case():
+    bench = load_script('benchmarks/bench_op.py')
+    args = bench.parse_args(['--shape', '2', '16', '8', '8', '--repeat', '2', '--warmup', '1',
+                             '--no-compile'])
+    rows = bench.run(args)
+    cases = {(r['impl'], r['mode']) for r in rows}
+    for impl in ('ReLU', 'SiLU', 'reference (eager)'):
+        assert {(impl, 'forward'), (impl, 'forward+backward')} <= cases
+    assert {('PWLU op', m) for m in ('forward', 'forward+backward', 'phase I forward',
+                                     'phase I forward+backward')} <= cases
+    assert ('pwlu_ (in place)', 'forward') in cases
+    assert all(r['ms'] > 0 and r['gbps'] > 0 for r in rows)
+    assert [r['ratio'] for r in rows if r['impl'] == 'ReLU'] == [1.0, 1.0]
+    table = bench.format_table(rows, args)
+    assert '| PWLU op | forward+backward |' in table
+
+
+@pytest.mark.skipif(not compiled_available(), reason='needs the compiled op')
+def test_bench_op_suite_cases_parse_and_layer_wise_runs(capsys):
+    bench = load_script('benchmarks/bench_op.py')
+    for case in bench.SUITES['gpu']:
+        bench.parse_args(['--suite', 'gpu', *case])
+    bench.main(['--shape', '2', '16', '8', '8', '--layer-wise', '--channels-last', '--repeat',
+                '2', '--warmup', '1', '--no-compile', '--no-reference'])
+    out = capsys.readouterr().out
+    assert 'channels_last, layer-wise' in out and '| PWLU op | forward+backward |' in out
+
+
+def test_bench_model_rounds_take_medians_and_peaks():
+    bench = load_script('benchmarks/bench_model.py')
+    rounds = [{'ReLU': {'train_ms': t, 'inference_ms': 2 * t, 'peak_rss_mb': m, 'num_pwlu': 0}}
+              for t, m in ((10.0, 100.0), (30.0, 90.0), (11.0, 95.0))]
+    combined = bench.combine_rounds(rounds)['ReLU']
+    assert combined == {'train_ms': 11.0, 'inference_ms': 22.0, 'peak_rss_mb': 100.0,
+                        'num_pwlu': 0}
+
+
+@pytest.mark.slow
+def test_bench_model_runs_each_activation():
+    bench = load_script('benchmarks/bench_model.py')
+    args = bench.parse_args([
+        SYNTHETIC_PWLU_CONFIG,
+        '--repeat', '1', '--warmup', '0', '--rounds', '1', '--activations', 'ReLU', 'PWLU',
+        '--image-size', '64', '64'])
+    results = {act: bench.run_child(args, act) for act in ('ReLU', 'PWLU')}
+    assert results['ReLU']['num_pwlu'] == 0 and results['PWLU']['num_pwlu'] > 0
+    assert all(r['train_ms'] > 0 and r['inference_ms'] > 0 for r in results.values())
+    table = bench.format_table(args, bench.combine_rounds([results]))
+    assert '| PWLU |' in table
+    interleaved = bench.measure_interleaved(args, ['ReLU', 'PWLU'])
+    assert interleaved['PWLU']['num_pwlu'] == results['PWLU']['num_pwlu']
+    assert all(r['train_ms'] > 0 and r['inference_ms'] > 0 for r in interleaved.values())
+    assert interleaved['ReLU']['train_ratio'] == 1.0
+    assert interleaved['PWLU']['train_ratio'] > 0 and interleaved['PWLU']['inference_ratio'] > 0
