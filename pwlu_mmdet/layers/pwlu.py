@@ -464,7 +464,7 @@ class PWLU(nn.Module):
                 p.requires_grad for p in self._pwlu_parameters())
             if not wants_param_grads:
                 if self.eval_impl == 'table' or not compiled_available():
-                    return self._table_forward(x, self._cached_tables())
+                    return self._table_forward(x, self.piece_table())
                 # In place only where no autograd graph can need x (as relu_ in ConvModule).
                 forward = ops.pwlu_ if self.inplace and not torch.is_grad_enabled() else pwlu
                 return forward(x, *self._pwlu_parameters(), self.range_eps)
@@ -503,7 +503,17 @@ class PWLU(nn.Module):
                      for p in self._pwlu_parameters())
 
     @torch.no_grad()
-    def _cached_tables(self) -> Tuple[torch.Tensor, ...]:
+    def piece_table(self) -> Tuple[torch.Tensor, ...]:
+        """The (slope, intercept) form of the current parameters, as the eval path uses it.
+
+        Returns:
+            tuple[Tensor, Tensor, Tensor, Tensor]: ``(B_L, N / (B_R - B_L), S, O)``: the valid
+            left bound and inverse interval width per set, and slopes ``S`` and intercepts
+            ``O`` of shape ``(sets, N + 2)`` (the left piece, the N intervals, the right
+            piece), in float32 (float64 for float64 parameters), without gradients. Cached:
+            the same tensors until a parameter changes (an optimizer step, a state-dict load,
+            any in-place edit, a dtype or device move, a replaced parameter).
+        """
         key = self._cache_key()
         if self._table_cache is None or self._table_cache[0] != key:
             self._table_cache = (key, self._build_tables())

@@ -146,9 +146,18 @@ def test_hook_pools_shared_layer_calls_per_iteration(tmp_path):
                           log_level='INFO', experiment_name=f'shared_{id(tmp_path)}')
     runner = Runner(**cfg)
     act = runner.model.act
-    seen = []
+    # Calls of the layer inside each open statistics step, counted when the step ends.
+    seen, calls = [], []
+    act.register_forward_hook(
+        lambda module, args, out: calls.append(1) if module.in_statistics_step else None)
     original = act.end_statistics_step
-    act.end_statistics_step = lambda: (seen.append(len(act._step_moments or ())), original())
+
+    def end_statistics_step():
+        seen.append(len(calls))
+        calls.clear()
+        original()
+
+    act.end_statistics_step = end_statistics_step
     runner.train()
     assert act.realigned
     # One statistics update per iteration, each pooling the three levels.

@@ -334,9 +334,9 @@ def test_eval_table_cache_is_reused_and_never_stale():
                                        rtol=1e-5)
 
     check()
-    tables = layer._table_cache[1]
+    tables = layer.piece_table()
     check()
-    assert layer._table_cache[1] is tables  # cached: not rebuilt when nothing changed
+    assert layer.piece_table() is tables  # cached: not rebuilt when nothing changed
 
     # 1. an optimizer step (in-place parameter update)
     layer.train()
@@ -358,7 +358,7 @@ def test_eval_table_cache_is_reused_and_never_stale():
     layer.double()
     x = x.double()
     check()
-    assert layer._table_cache[1][2].dtype == torch.float64
+    assert layer.piece_table()[2].dtype == torch.float64
     # 5. parameter replacement
     layer.points = torch.nn.Parameter(layer.points.detach() * 0.5)
     check()
