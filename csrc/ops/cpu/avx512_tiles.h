@@ -21,6 +21,20 @@ namespace avx512 {
 // Loops over a tile's 16 registers are unrolled (#pragma GCC unroll) so that the tile stays in
 // registers: rolled, GCC keeps it on the stack.
 
+// One stage of 128-bit lane exchanges: for each pair of registers (i, i + kStride) in a block
+// of 2 kStride, dst[i] gets the even 128-bit lanes of src[i] and src[i + kStride], and
+// dst[i + kStride] the odd ones.
+template <int kStride>
+__attribute__((target("avx512f"), always_inline)) inline void exchange_lanes(const __m512* src,
+                                                                             __m512* dst) {
+  #pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) {
+    if (i & kStride) continue;
+    dst[i] = _mm512_shuffle_f32x4(src[i], src[i + kStride], 0x88);
+    dst[i + kStride] = _mm512_shuffle_f32x4(src[i], src[i + kStride], 0xdd);
+  }
+}
+
 // 16 x 16 transpose: lane k of r[i] <-> lane i of r[k].
 __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512* r) {
   __m512 t[16];
@@ -38,20 +52,8 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512
     r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
     r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
   }
-  #pragma GCC unroll 16
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
-    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
-  }
-  #pragma GCC unroll 16
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
-  }
+  exchange_lanes<4>(r, t);
+  exchange_lanes<8>(t, r);
 }
 
 // Prefetches (into L2) a 16-channel column of the tile after next (rows 32..47): a tile reads 16
