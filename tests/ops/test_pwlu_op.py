@@ -79,6 +79,18 @@ def check_op_against_reference(x, params, atol, rtol, param_rtol=1e-5, range_eps
     return y
 
 
+def check_input_grad_against_reference(x, params, atol, rtol):
+    """grad_x alone (frozen parameters: the input-gradient-only kernels) against the float64
+    reference, from a fixed random upstream gradient in x's dtype."""
+    x = x.detach().requires_grad_()
+    x64 = x.detach().double().cpu().requires_grad_()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    g = g.to(x.dtype)
+    pwlu(x, *params).backward(g.to(x.device))
+    pwlu_reference(x64, *[p.double().cpu() for p in params]).backward(g.double())
+    torch.testing.assert_close(x.grad.double().cpu(), x64.grad, atol=atol, rtol=rtol)
+
+
 def relu_params(channels, num_intervals=16, bound=2.0, device='cpu', dtype=torch.float32):
     """ReLU initialisation (docs/method.md): B_L = -B_R, K_L = 0, K_R = 1, Y_i = ReLU(B_i)."""
     lb = torch.full((channels, ), -bound, device=device, dtype=dtype)
@@ -569,14 +581,7 @@ class TestKernelPaths:
         x = make_input(shape, torch.float32, device)
         params = make_params(shape[1], 16, dtype=torch.float32, device=device)
         check_op_against_reference(x, params, *TOL[torch.float32], param_rtol=1e-5)
-        # Frozen parameters: the input-gradient-only kernels.
-        x = x.detach().requires_grad_()
-        x64 = x.detach().double().cpu().requires_grad_()
-        g = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-        pwlu(x, *params).backward(g.float().to(device))
-        pwlu_reference(x64, *[p.double().cpu() for p in params]).backward(g.float().double())
-        torch.testing.assert_close(x.grad.double().cpu(), x64.grad, atol=TOL[torch.float32][0],
-                                   rtol=TOL[torch.float32][1])
+        check_input_grad_against_reference(x, params, *TOL[torch.float32])
 
     @pytest.mark.parametrize('device', DEVICES)
     @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
@@ -682,13 +687,7 @@ class TestChannelTiles:
         y = check_op_against_reference(x, params, atol, rtol, param_rtol=param_rtol)
         if len(shape) == 4:
             assert y.is_contiguous(memory_format=torch.channels_last)
-        # Frozen parameters: the input-gradient-only kernels.
-        x = x.detach().requires_grad_()
-        x64 = x.detach().double().cpu().requires_grad_()
-        g = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-        pwlu(x, *params).backward(g.to(dtype).to(device))
-        pwlu_reference(x64, *[p.double().cpu() for p in params]).backward(g.to(dtype).double())
-        torch.testing.assert_close(x.grad.double().cpu(), x64.grad, atol=atol, rtol=rtol)
+        check_input_grad_against_reference(x, params, atol, rtol)
 
     @pytest.mark.parametrize('device', DEVICES)
     @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
