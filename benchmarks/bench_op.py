@@ -5,7 +5,8 @@ ratios are to ReLU's time in the same mode.
 
 Example:
     python benchmarks/bench_op.py --shape 8 256 64 64 --device cpu --dtype float32
-    python benchmarks/bench_op.py --device cuda --dtype bfloat16 --markdown
+    python benchmarks/bench_op.py --device cuda --dtype bfloat16
+    python benchmarks/bench_op.py --device cuda --suite gpu --profile   # kernel by kernel
 """
 import argparse
 import platform
@@ -155,7 +156,8 @@ def build_cases(x: torch.Tensor, params: List[torch.Tensor], with_compile: bool,
     return cases
 
 
-def run(args) -> List[dict]:
+def make_cases(args):
+    """The input of args and its cases (build_cases)."""
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
@@ -165,7 +167,12 @@ def run(args) -> List[dict]:
     param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     sets = 1 if args.layer_wise else x.shape[1]
     params = make_params(sets, args.intervals, device, param_dtype)
-    cases = build_cases(x, params, not args.no_compile, not args.no_reference)
+    return x, build_cases(x, params, not args.no_compile, not args.no_reference)
+
+
+def run(args) -> List[dict]:
+    device = torch.device(args.device)
+    x, cases = make_cases(args)
     fns = {(name, mode): fn for name, modes in cases.items() for mode, fn in modes.items()}
     fns[('copy (x.clone)', 'read+write')] = lambda: x.clone()
     times = time_interleaved(fns, device, args.repeat, args.warmup)
@@ -180,11 +187,57 @@ def run(args) -> List[dict]:
     return rows
 
 
-def format_table(rows: List[dict], args) -> str:
-    head = (f'shape {tuple(args.shape)}, {args.dtype}, {args.device}'
+def profile_kernels(fn: Callable[[], None], device: torch.device, iters: int) -> List[dict]:
+    """Where the time of ``fn`` goes: every kernel's device time (on a GPU) or every op's self
+    CPU time (on a CPU) under torch.profiler, in ms per call of ``fn``, largest first."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(ProfilerActivity.CUDA)
+    fn()
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        for _ in range(iters):
+            fn()
+        synchronize(device)
+    on_gpu = device.type == 'cuda'
+    rows = []
+    for event in prof.key_averages():
+        if on_gpu and event.device_type != DeviceType.CUDA:
+            continue  # host-side ops; their kernels are listed on their own
+        us = event.self_device_time_total if on_gpu else event.self_cpu_time_total
+        if us > 0:
+            rows.append(dict(kernel=event.key, calls=event.count / iters, ms=us / iters / 1e3))
+    return sorted(rows, key=lambda r: -r['ms'])
+
+
+def format_profile(args, iters: int = 10, top: int = 8) -> str:
+    """The PWLU op's modes under profile_kernels, a table per mode."""
+    device = torch.device(args.device)
+    _, cases = make_cases(args)
+    lines = [f'profile of {table_head(args)}, {iters} calls per mode', '']
+    for name in ('PWLU op', 'pwlu_ (in place)'):
+        for mode, fn in cases.get(name, {}).items():
+            rows = profile_kernels(fn, device, iters)
+            total = sum(r['ms'] for r in rows)
+            lines += [f'{name}, {mode}: {total:.3f} ms per call in {len(rows)} kernels', '',
+                      '| kernel | calls | ms | % |', '|---|---|---|---|']
+            for r in rows[:top]:
+                lines.append(f"| `{r['kernel'][:90]}` | {r['calls']:g} | {r['ms']:.4f} | "
+                             f"{100 * r['ms'] / total:.0f} |")
+            lines.append('')
+    return '\n'.join(lines)
+
+
+def table_head(args) -> str:
+    return (f'shape {tuple(args.shape)}, {args.dtype}, {args.device}'
             f'{", channels_last" if args.channels_last else ""}'
-            f'{", layer-wise" if args.layer_wise else ""}, K={args.intervals}, '
-            f'median of {args.repeat}, torch {torch.__version__}, {torch.get_num_threads()} '
+            f'{", layer-wise" if args.layer_wise else ""}, K={args.intervals}')
+
+
+def format_table(rows: List[dict], args) -> str:
+    head = (f'{table_head(args)}, median of {args.repeat}, torch {torch.__version__}, {torch.get_num_threads()} '
             f'threads, {platform.processor() or platform.machine()}')
     copy_gbps = next(r['gbps'] for r in rows if r['mode'] == 'read+write')
     lines = [head, '', 'phase I rows are compared with ReLU\'s forward / forward+backward.', '', '| implementation | mode | ms | x ReLU | GB/s | % of copy GB/s |',
@@ -233,17 +286,24 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--no-compile', action='store_true', help='skip torch.compile')
     parser.add_argument('--no-reference', action='store_true', help='skip the eager reference')
+    parser.add_argument('--profile', action='store_true',
+                        help='instead of timing, list the kernels of each PWLU mode with their '
+                        'time (torch.profiler)')
     return parser.parse_args(argv)
+
+
+def report(args) -> str:
+    return format_profile(args) if args.profile else format_table(run(args), args)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.suite is None:
-        print(format_table(run(args), args))
+        print(report(args))
         return
     for case in SUITES[args.suite]:
         case_args = parse_args([*(argv if argv is not None else sys.argv[1:]), *case])
-        print(format_table(run(case_args), case_args), end='\n\n', flush=True)
+        print(report(case_args), end='\n\n', flush=True)
 
 
 if __name__ == '__main__':

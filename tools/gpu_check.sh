@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-call check on a GPU machine: build the CUDA op, run the CUDA tests, benchmark the op
-# (bench_op.py --suite gpu: time, ratio to ReLU, % of the copy bandwidth), and print a summary
-# last. Made to finish within about 6 minutes on a machine with 16 cores.
+# (bench_op.py --suite gpu: time, ratio to ReLU, % of the copy bandwidth; then --profile: the
+# time of each kernel), and print a summary last. Made to finish within about 6 minutes on a
+# machine with 16 cores.
 #
 #   bash tools/gpu_check.sh                  # logs also land in $OUT (default: gpu_check_out)
 #   MODELS=1 bash tools/gpu_check.sh         # also whole-model numbers: Table 4 (ResNet-18,
@@ -55,6 +56,10 @@ PYTHONPATH=$ROOT$SITE timeout 300 $PY -m pytest tests/ops -q -k cuda -p no:cache
 log "op benchmark"
 PYTHONPATH=$ROOT$SITE timeout 240 $PY benchmarks/bench_op.py --device cuda --suite gpu --repeat 50 \
   --warmup 10 --no-compile --no-reference 2>&1 | tee "$OUT/bench.md" | tail -3
+log "op profile (kernel by kernel)"
+PYTHONPATH=$ROOT$SITE timeout 120 $PY benchmarks/bench_op.py --device cuda --suite gpu --profile \
+  --no-compile --no-reference > "$OUT/profile.md" 2> "$OUT/profile.log"
+grep -A 6 "PWLU op, forward+backward" "$OUT/profile.md" | head -8
 if [ -n "$BASELINE" ]; then
   log "op benchmark of $BASELINE"
   PYTHONPATH=$BASELINE$SITE timeout 240 $PY benchmarks/bench_op.py --device cuda --suite gpu --repeat 50 \

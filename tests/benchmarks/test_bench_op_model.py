@@ -35,6 +35,22 @@ def test_bench_op_suite_cases_parse_and_layer_wise_runs(capsys):
     assert 'channels_last, layer-wise' in out and '| PWLU op | forward+backward |' in out
 
 
+@pytest.mark.skipif(not compiled_available(), reason='needs the compiled op')
+def test_bench_op_profile_lists_the_op_kernels():
+    bench = load_script('benchmarks/bench_op.py')
+    args = bench.parse_args(['--shape', '2', '16', '8', '8', '--profile', '--no-compile',
+                             '--no-reference'])
+    x, cases = bench.make_cases(args)
+    rows = bench.profile_kernels(cases['PWLU op']['forward+backward'], x.device, iters=2)
+    kernels = {r['kernel']: r for r in rows}
+    assert {'pwlu_mmdet::pwlu', 'pwlu_mmdet::pwlu_backward'} <= set(kernels)
+    assert kernels['pwlu_mmdet::pwlu_backward']['calls'] == 1
+    assert all(r['ms'] > 0 for r in rows)
+    assert [r['ms'] for r in rows] == sorted((r['ms'] for r in rows), reverse=True)
+    text = bench.report(args)
+    assert 'PWLU op, phase I forward:' in text and '`pwlu_mmdet::relu_with_moments`' in text
+
+
 def test_bench_model_rounds_take_medians_and_peaks():
     bench = load_script('benchmarks/bench_model.py')
     rounds = [{'ReLU': {'train_ms': t, 'inference_ms': 2 * t, 'peak_rss_mb': m, 'num_pwlu': 0}}
