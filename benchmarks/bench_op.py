@@ -192,16 +192,14 @@ def profile_kernels(fn: Callable[[], None], device: torch.device, iters: int) ->
     CPU time (on a CPU) under torch.profiler, in ms per call of ``fn``, largest first."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CPU]
-    if device.type == 'cuda':
-        activities.append(ProfilerActivity.CUDA)
+    on_gpu = device.type == 'cuda'
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
     fn()
     synchronize(device)
     with profile(activities=activities) as prof:
         for _ in range(iters):
             fn()
         synchronize(device)
-    on_gpu = device.type == 'cuda'
     rows = []
     for event in prof.key_averages():
         if on_gpu and event.device_type != DeviceType.CUDA:
@@ -237,8 +235,8 @@ def table_head(args) -> str:
 
 
 def format_table(rows: List[dict], args) -> str:
-    head = (f'{table_head(args)}, median of {args.repeat}, torch {torch.__version__}, {torch.get_num_threads()} '
-            f'threads, {platform.processor() or platform.machine()}')
+    head = (f'{table_head(args)}, median of {args.repeat}, torch {torch.__version__}, '
+            f'{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}')
     copy_gbps = next(r['gbps'] for r in rows if r['mode'] == 'read+write')
     lines = [head, '', 'phase I rows are compared with ReLU\'s forward / forward+backward.', '', '| implementation | mode | ms | x ReLU | GB/s | % of copy GB/s |',
              '|---|---|---|---|---|---|']
