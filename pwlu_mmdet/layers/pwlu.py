@@ -93,8 +93,9 @@ class PWLU(nn.Module):
     switch, test-time loading); ``requires_grad`` follows the loaded phase.
 
     Args:
-        num_channels (int, optional): Number of channels ``C`` (dim 1 of the input). Required
-            when ``mode='channel'``; checked against the input when given in ``'layer'`` mode.
+        num_channels (int, optional): Number of channels ``C`` (the ``channel_axis`` of the
+            input). Required when ``mode='channel'``; checked against the input when given in
+            ``'layer'`` mode.
         num_intervals (int): Number of intervals ``N``; even, so that zero is a demarcation
             point of the ReLU initialisation. Defaults to 16 (the paper's setting).
         mode (str): ``'channel'`` (one parameter set and statistics per channel) or
@@ -120,9 +121,12 @@ class PWLU(nn.Module):
             between calls and rebuilt when a parameter, its device or dtype changes. ONNX export
             and tracing always use the table form without the cache (the custom op does not
             export). Defaults to ``'auto'``.
+        channel_axis (int): Where the channels are: ``1`` for ``(N, C, *spatial)`` feature
+            maps, ``-1`` for channels-last tokens ``(*, C)`` such as a transformer FFN's
+            ``(B, L, C)``. Defaults to 1.
 
     Shape:
-        - Input: ``(N, C)`` or ``(N, C, *spatial)``.
+        - Input: ``(N, C)`` or ``(N, C, *spatial)``; ``(*, C)`` with ``channel_axis=-1``.
         - Output: same shape, dtype and memory format as the input.
     """
 
@@ -135,7 +139,8 @@ class PWLU(nn.Module):
                  sigma: float = 3.0,
                  inplace: bool = False,
                  range_eps: float = 1e-3,
-                 eval_impl: str = 'auto') -> None:
+                 eval_impl: str = 'auto',
+                 channel_axis: int = 1) -> None:
         super().__init__()
         if mode not in ('channel', 'layer'):
             raise ValueError(f"PWLU: mode must be 'channel' or 'layer', got {mode!r}")
@@ -156,6 +161,8 @@ class PWLU(nn.Module):
             raise ValueError(f'PWLU: range_eps must be positive, got {range_eps}')
         if eval_impl not in ('auto', 'table'):
             raise ValueError(f"PWLU: eval_impl must be 'auto' or 'table', got {eval_impl!r}")
+        if channel_axis not in (1, -1):
+            raise ValueError(f'PWLU: channel_axis must be 1 or -1, got {channel_axis}')
         self.num_channels = None if num_channels is None else int(num_channels)
         self.num_intervals = int(num_intervals)
         self.mode = mode
@@ -165,6 +172,7 @@ class PWLU(nn.Module):
         self.inplace = inplace  # used by inference only, see the docstring
         self.range_eps = float(range_eps)
         self.eval_impl = eval_impl
+        self.channel_axis = channel_axis
 
         sets = self.num_channels if mode == 'channel' else 1
         n = self.num_intervals
@@ -449,8 +457,24 @@ class PWLU(nn.Module):
                           RuntimeWarning, stacklevel=3)
 
     # ----------------------------------------------------------------------------- forward
+    def channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with its channels at dim 1, as the op and the statistics read it.
+
+        Channels-last tokens ``(*, C)`` become rows ``(M, C)``: a view where ``x`` is
+        contiguous, and the op's row kernels take them as they take an fc layer's output.
+        """
+        if self.channel_axis == 1 or x.dim() <= 2:
+            return x
+        return x.reshape(-1, x.shape[-1])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the activation. See the class docstring for the phases."""
+        rows = self.channels_first(x)
+        if rows is x:
+            return self._forward(x)
+        return self._forward(rows).reshape(x.shape)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if not self._realigned:
             # Exactly ReLU (the table form is not bit-exact ReLU for every initialisation).
@@ -555,7 +579,8 @@ class PWLU(nn.Module):
 
     def extra_repr(self) -> str:
         channels = self.num_channels if self.num_channels is not None else 'any'
-        return (f'num_channels={channels}, num_intervals={self.num_intervals}, '
+        axis = '' if self.channel_axis == 1 else f', channel_axis={self.channel_axis}'
+        return (f'num_channels={channels}{axis}, num_intervals={self.num_intervals}, '
                 f'mode={self.mode}, phase={"II" if self._realigned else "I"}, '
                 f'momentum={self.momentum}, sigma={self.sigma}')
 

@@ -212,7 +212,7 @@ class _Accumulator:
         if x.numel() == 0:
             return
         with torch.no_grad():
-            xf = x.detach()
+            xf = layer.channels_first(x.detach())
             if not xf.is_floating_point() or xf.dtype in (torch.float16, torch.bfloat16):
                 xf = xf.float()
             sets = layer.num_sets

@@ -14,13 +14,13 @@ from mmdet.registry import MODELS
 
 from ..layers.factory import site_kwargs
 
-__all__ = ['ACT_CFG_DEFAULT', 'site_act_cfg', 'build_site_act', 'inherits_act_cfg',
+__all__ = ['ACT_CFG_DEFAULT', 'act_class', 'site_act_cfg', 'build_site_act', 'inherits_act_cfg',
            'spread_act_cfg', 'set_conv_module_act']
 
 ACT_CFG_DEFAULT = dict(type='ReLU')
 
 
-def _act_class(act_cfg: dict):
+def act_class(act_cfg: dict):
     act_type = act_cfg['type']
     cls = act_type if inspect.isclass(act_type) else MODELS.get(act_type)
     if cls is None:
@@ -37,7 +37,7 @@ def site_act_cfg(act_cfg: Optional[dict], num_channels: int) -> Optional[dict]:
     if act_cfg is None:
         return None
     cfg = copy.deepcopy(dict(act_cfg))
-    return dict(type=cfg['type'], **site_kwargs(_act_class(cfg), cfg, num_channels))
+    return dict(type=cfg['type'], **site_kwargs(act_class(cfg), cfg, num_channels))
 
 
 def build_site_act(act_cfg: dict, num_channels: int, inplace: Optional[bool] = None) -> nn.Module:
@@ -47,7 +47,7 @@ def build_site_act(act_cfg: dict, num_channels: int, inplace: Optional[bool] = N
     """
     cfg = copy.deepcopy(dict(act_cfg))
     return MODELS.build(
-        dict(type=cfg['type'], **site_kwargs(_act_class(cfg), cfg, num_channels, inplace)))
+        dict(type=cfg['type'], **site_kwargs(act_class(cfg), cfg, num_channels, inplace)))
 
 
 def inherits_act_cfg(cls):

@@ -56,7 +56,7 @@ class CallRecorder(Hook):
         self._handle = layer.register_forward_pre_hook(self._record)
 
     def _record(self, layer, args):
-        x = args[0].detach().float()
+        x = layer.channels_first(args[0].detach()).float()
         dims = [0] + list(range(2, x.dim()))
         view = (1, -1) + (1, ) * (x.dim() - 2)
         left, right = (t.reshape(view) for t in self.range)

@@ -1,0 +1,455 @@
+"""``convert_activations``: every hidden activation site of a built model gets its own layer.
+
+How it works (docs/models.md): one small forward finds the sites (:mod:`.sites`); a site that is
+a module called once is replaced where it is; a module called at several lines or in a loop over
+different layers, and a functional call, get new modules on the module whose method makes the
+call, and that method is rewritten to call them (:mod:`.rewrite`). Output clamps (an activation
+whose output no layer consumes) and frozen layers keep their stock activation.
+"""
+import contextlib
+import copy
+import dataclasses
+import fnmatch
+import inspect
+import warnings
+from collections import defaultdict
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..layers import PWLU
+from .activation import act_class, build_site_act
+from .rewrite import (MethodRef, call_node, converted_class, find_method, in_loop, numbered_calls,
+                      rewrite_method)
+from .sites import (FUNCTIONAL_ACTIVATIONS, Site, group_sites, is_activation_module,
+                    trace_activations)
+
+__all__ = ['SiteEntry', 'ConversionReport', 'ConvertedAway', 'convert_activations',
+           'converted_sites']
+
+_REPORT_ATTR = '_pwlu_conversion'
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteEntry:
+    """One activation site of a converted model.
+
+    Attributes:
+        path (str): Module path of the site's layer (``backbone.layer1.0.act2``).
+        kind (str): ``'module'`` (an activation module called once, replaced in place),
+            ``'shared'`` (one of several calls of one module), ``'loop'`` (one iteration of a
+            call in a loop over different layers) or ``'functional'`` (``F.relu`` and kin).
+        channels (int): Channel count.
+        channel_axis (int): 1 for ``(N, C, ...)``, -1 for channels-last tokens.
+        stock (str): The stock activation (``ReLU``, ``F.relu`` ...).
+        source (str): ``file:line`` of the call.
+        action (str): ``'converted'``, or why it was kept: ``'clamp'`` (no layer consumes the
+            output), ``'frozen'`` (its layer's parameters are frozen), ``'excluded'``.
+    """
+    path: str
+    kind: str
+    channels: int
+    channel_axis: int
+    stock: str
+    source: str
+    action: str
+
+
+class ConversionReport(list):
+    """The :class:`SiteEntry` of every site, in model order; ``str()`` gives a table."""
+
+    def __init__(self, entries: Sequence[SiteEntry] = (), unreached: Sequence[str] = ()):
+        super().__init__(entries)
+        self.unreached = list(unreached)
+
+    @property
+    def converted(self) -> List[SiteEntry]:
+        return [e for e in self if e.action == 'converted']
+
+    def __str__(self) -> str:
+        rows = [('path', 'kind', 'channels', 'axis', 'stock', 'action', 'source')]
+        rows += [(e.path, e.kind, str(e.channels), str(e.channel_axis), e.stock, e.action,
+                  e.source.rsplit('site-packages/', 1)[-1]) for e in self]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        if self.unreached:
+            lines.append('not reached by the trace forward (they raise if called): '
+                         + ', '.join(self.unreached))
+        return '\n'.join(lines)
+
+
+class ConvertedAway(nn.Module):
+    """Stands where a stock activation was before conversion gave its calls their own layers
+    (or where one was never called): it raises if something still calls it, naming the way
+    out, rather than running the stock activation silently."""
+
+    def __init__(self, stock: nn.Module, path: str, reason: str) -> None:
+        super().__init__()
+        self.stock_repr = repr(stock)
+        self.path = path
+        self.reason = reason
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(
+            f'{self.path} ({self.stock_repr}) {self.reason}, and was now called where the '
+            'trace forward of convert_activations did not reach (a training-only path?). '
+            f"Convert with exclude=['{self.path}'] to keep the stock activation there.")
+
+    def extra_repr(self) -> str:
+        return f'{self.stock_repr}: {self.reason}'
+
+
+def converted_sites(model: nn.Module) -> Optional[ConversionReport]:
+    """The report of the conversion of ``model`` or of one of its modules, if any."""
+    for module in model.modules():
+        report = module.__dict__.get(_REPORT_ATTR)
+        if report is not None:
+            return report
+    return None
+
+
+# ----------------------------------------------------------------------------------- tracing
+def _default_run(model: nn.Module, size: int) -> Callable[[], object]:
+    try:
+        from mmdet.models.detectors import BaseDetector
+        from mmdet.structures import DetDataSample
+    except ImportError:
+        BaseDetector = None
+    if BaseDetector is None or not isinstance(model, BaseDetector):
+        raise TypeError(
+            f'convert_activations: {type(model).__name__} is not an mmdet detector; pass '
+            'inputs=(...) (the positional arguments of one forward) to trace it')
+    param = next(model.parameters())
+    mean = getattr(getattr(model, 'data_preprocessor', None), 'mean', None)
+    channels = len(mean) if mean is not None and mean.dim() > 0 else 3
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(1, channels, size, size, generator=generator).to(param.device)
+    images.requires_grad_(True)
+    meta = dict(img_id=0, img_path='', ori_shape=(size, size), img_shape=(size, size),
+                pad_shape=(size, size), batch_input_shape=(size, size), scale_factor=(1., 1.))
+    samples = [DetDataSample(metainfo=meta)]
+    return lambda: model._forward(images, samples)
+
+
+def _input_run(model: nn.Module, inputs) -> Callable[[], object]:
+    inputs = inputs if isinstance(inputs, tuple) else (inputs, )
+
+    def with_grad(x):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            return x.detach().requires_grad_(True)
+        if isinstance(x, (list, tuple)):
+            return type(x)(with_grad(i) for i in x)
+        return x
+
+    inputs = with_grad(inputs)
+    return lambda: model(*inputs)
+
+
+@contextlib.contextmanager
+def _untouched(model: nn.Module):
+    """Eval mode, grad on, global RNG and every module's mode restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        model.eval()
+        try:
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+
+# ---------------------------------------------------------------------------------- planning
+@dataclasses.dataclass
+class _Plan:
+    site: Site
+    kind: str
+    owner_path: str
+    name: Optional[str]  # None: dropped (legacy names only)
+    in_place_path: Optional[str]  # set for module sites replaced where they are
+    method: Optional[MethodRef]  # the method that makes the call, where it is known
+    action: str = 'converted'
+
+    def paths(self) -> List[str]:
+        """The paths of the site's layers once converted."""
+        base = self.in_place_path or _join(self.owner_path, self.name)
+        return [f'{base}.{i}' for i in range(self.site.count)] if self.site.loop else [base]
+
+    def stock_path(self, paths: Dict[int, str]) -> str:
+        """Where the stock activation is: its module, or the module that calls the function."""
+        call = self.site.first
+        return paths.get(id(call.module), self.owner_path) if call.module is not None else (
+            self.owner_path)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f'{prefix}.{name}' if prefix else name
+
+
+def _stock_name(site: Site) -> str:
+    call = site.first
+    return type(call.module).__name__ if call.module is not None else f'F.{call.function}'
+
+
+def _matches(path: str, pattern: str) -> bool:
+    return path == pattern or path.startswith(pattern + '.') or fnmatch.fnmatchcase(path, pattern)
+
+
+def _frozen(site: Site) -> bool:
+    """Whether the weighted layer that feeds the site (the conv or linear before it; a norm may
+    be frozen alone, as caffe-style backbones do) has no trainable parameter."""
+    layer = site.first.layer
+    return layer is not None and not any(p.requires_grad for p in layer.parameters(recurse=False))
+
+
+def _site_error(site: Site, problem: str) -> ValueError:
+    return ValueError(f'convert_activations: {_stock_name(site)} at {site.source}: {problem}. '
+                      'Exclude the site (exclude=[...module path...]) to keep it stock.')
+
+
+def _plan(model: nn.Module, sites: List[Site], names: Dict[str, Dict[str, Optional[str]]]
+          ) -> List[_Plan]:
+    paths = {id(m): p for p, m in model.named_modules()}
+    by_module: Dict[int, List[Site]] = defaultdict(list)
+    for site in sites:
+        if site.first.module is not None:
+            by_module[id(site.first.module)].append(site)
+    numbers: Dict[int, dict] = {}
+    plans = []
+    for site in sites:
+        call = site.first
+        module_sites = by_module.get(id(call.module), []) if call.module is not None else []
+        method = None
+        if call.code is not None and call.owner is not None and not call.in_torch:
+            method = find_method(type(call.owner), call.code)
+        table = names.get(method.cls.__name__ if method else '', {})
+        if call.module is not None and len(module_sites) == 1 and not site.loop:
+            path = paths.get(id(call.module))
+            if path is None:
+                raise _site_error(site, 'the module is not a submodule of the model')
+            leaf = path.rsplit('.', 1)[-1]
+            renamed = table.get(leaf, leaf)
+            if renamed == leaf or method is None:
+                plans.append(_Plan(site, 'module', path.rpartition('.')[0], leaf, path, method))
+                continue
+            kind, default = 'module', leaf
+        else:
+            if call.in_torch or call.code is None:
+                raise _site_error(site, 'torch code calls it at several places; it cannot be '
+                                  'given one layer per place')
+            if call.owner is None or method is None:
+                raise _site_error(site, 'the call is not in a method of a module')
+            resolved = getattr(type(call.owner), method.name, None)
+            if resolved is None or inspect.unwrap(resolved) is not method.function:
+                raise _site_error(site, f'{method.cls.__name__}.{method.name} runs through '
+                                  'super() from an override; only methods that the '
+                                  "owner's class resolves to can be rewritten")
+            if call.owner not in numbers:
+                attrs = frozenset(n for n, m in call.owner._modules.items()
+                                  if m is not None and is_activation_module(m))
+                numbers[call.owner] = numbered_calls(type(call.owner), attrs)
+            number = numbers[call.owner].get((call.code.co_filename, call.position))
+            if number is None or call_node(call.code, call.position) is None:
+                raise _site_error(site, 'its call expression is not found in the source')
+            default = f'act{number}'
+            kind = 'loop' if site.loop else ('functional' if call.module is None else 'shared')
+            renamed = table.get(default, default)
+        owner_path = paths.get(id(call.owner))
+        if owner_path is None:
+            raise _site_error(site, 'the module whose method calls it is not in the model')
+        plans.append(_Plan(site, kind, owner_path, renamed, None, method))
+    return plans
+
+
+def _selected(paths: List[str], include, exclude) -> bool:
+    if include is not None and not any(_matches(p, pat) for p in paths for pat in include):
+        return False
+    return not (exclude and any(_matches(p, pat) for p in paths for pat in exclude))
+
+
+def _apply_options(plans: List[_Plan], unreached: List[str], include, exclude, frozen: str,
+                   stock_paths: Dict[int, str]) -> List[str]:
+    """Set each plan's action; returns the unreached modules that the options select."""
+    for plan in plans:
+        paths = plan.paths() + [plan.stock_path(stock_paths)]
+        if not plan.site.consumed:
+            plan.action = 'clamp'
+        elif frozen == 'keep' and _frozen(plan.site):
+            plan.action = 'frozen'
+        elif not _selected(paths, include, exclude):
+            plan.action = 'excluded'
+    all_paths = [p for plan in plans for p in plan.paths() + [plan.stock_path(stock_paths)]]
+    all_paths += unreached
+    for option, patterns in (('include', include), ('exclude', exclude)):
+        unmatched = [pat for pat in patterns or () if not any(_matches(p, pat)
+                                                                for p in all_paths)]
+        if unmatched:
+            raise ValueError(f'convert_activations: {option} patterns {unmatched} match no '
+                             f'activation site; sites are e.g. {all_paths[:5]}')
+    return [path for path in unreached if _selected([path], include, exclude)]
+
+
+def _build_layer(act_cfg: Optional[dict], site: Site, k: int) -> nn.Module:
+    call = site.first
+    if act_cfg is None:  # the stock activation, as a module of its own
+        if call.module is not None:
+            return copy.deepcopy(call.module)
+        cls = FUNCTIONAL_ACTIVATIONS[call.function]
+        params = inspect.signature(cls).parameters
+        kwargs = {k: v for k, v in call.kwargs.items() if k in params}
+        if call.function.endswith('_') and 'inplace' in params:
+            kwargs['inplace'] = True
+        return cls(**kwargs)
+    inplace = (bool(getattr(call.module, 'inplace', False)) if call.module is not None else
+               bool(call.kwargs.get('inplace', False) or call.function.endswith('_')))
+    cfg = dict(act_cfg)
+    if site.channel_axis != 1 and site.first.shape and len(site.first.shape) > 2:
+        cls = act_class(cfg)
+        params = inspect.signature(cls).parameters
+        if 'channel_axis' in params:
+            cfg.setdefault('channel_axis', site.channel_axis)
+        elif 'num_channels' in params:
+            raise _site_error(site, f'its input is channels-last tokens {site.first.shape} and '
+                              f'{cls.__name__} has no channel_axis')
+    return build_site_act(cfg, site.channels[k], inplace=inplace)
+
+
+def _check_model(model: nn.Module) -> None:
+    wrapped = isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+    with contextlib.suppress(ImportError):
+        from mmengine.model import is_model_wrapper
+        wrapped = wrapped or is_model_wrapper(model)
+    if wrapped:
+        raise TypeError('convert_activations: the model is wrapped in '
+                        f'{type(model).__name__}; convert the bare model before wrapping it '
+                        '(the mmengine Runner wraps it when it is built: set model.act_cfg in '
+                        'the config instead)')
+    if converted_sites(model) is not None:
+        raise RuntimeError('convert_activations: the model (or a part of it) is already '
+                           'converted; build it again to convert it to another activation')
+
+
+def convert_activations(model: nn.Module,
+                        act_cfg: Optional[dict],
+                        *,
+                        include: Optional[Sequence[str]] = None,
+                        exclude: Optional[Sequence[str]] = None,
+                        frozen: str = 'keep',
+                        inputs=None,
+                        trace_size: int = 64,
+                        names: Optional[Dict[str, Dict[str, Optional[str]]]] = None
+                        ) -> ConversionReport:
+    """Give every hidden activation site of ``model`` its own layer built from ``act_cfg``.
+
+    Converts in place a built model (any mmdet detector, or any module with ``inputs``): each
+    site gets a layer with the site's channel count and channel axis. Stock activation modules
+    called once keep their module path; the others get ``act1``, ``act2`` ... on the module
+    whose method calls them, numbered in source order (docs/models.md). Output clamps and
+    frozen layers keep their stock activation. Nothing changes when an error is raised.
+
+    Args:
+        model (nn.Module): The bare model (not wrapped in DDP).
+        act_cfg (dict, optional): The activation of every site, e.g. ``dict(type='PWLU')``;
+            ``num_channels``, ``channel_axis`` and ``inplace`` are filled in where the class
+            takes them. None gives every site its own copy of its stock activation.
+        include (Sequence[str], optional): Convert only sites whose path matches one of these
+            (a module path prefix or an ``fnmatch`` pattern). Defaults to None (all).
+        exclude (Sequence[str], optional): Keep the stock activation of matching sites.
+        frozen (str): ``'keep'``: sites whose layer is frozen (``requires_grad=False``, e.g.
+            ``frozen_stages``) keep their stock activation; ``'convert'``: convert them too.
+            Defaults to ``'keep'``.
+        inputs (Any, optional): Positional arguments of one trace forward; None for an mmdet
+            detector: one ``trace_size`` image through ``_forward`` (tensor mode).
+        trace_size (int): Side of the detectors' trace image. Defaults to 64.
+        names (dict, optional): Per class that defines the calling method, default site name
+            -> name to use (None drops the call). Used to keep the ``Act*`` components' names.
+
+    Returns:
+        ConversionReport: One :class:`SiteEntry` per site.
+    """
+    if frozen not in ('keep', 'convert'):
+        raise ValueError(f"convert_activations: frozen must be 'keep' or 'convert', got {frozen!r}")
+    _check_model(model)
+    if act_cfg is not None:
+        build_site_act(act_cfg, 4)  # an unknown type or bad argument fails before any change
+    run = _input_run(model, inputs) if inputs is not None else _default_run(model, trace_size)
+    with _untouched(model):
+        try:
+            calls, feeding = trace_activations(model, run)
+        except Exception as error:
+            raise RuntimeError(f'convert_activations: the trace forward failed ({error!r}); '
+                               'pass inputs=(...) or another trace_size') from error
+    sites = group_sites(calls, feeding, lambda c: in_loop(c.code, c.position))
+    plans = _plan(model, sites, names or {})
+    called = {id(call.module) for call in calls if call.module is not None}
+    unreached = [path for path, m in model.named_modules()
+                 if is_activation_module(m) and id(m) not in called]
+    unreached = _apply_options(plans, unreached, include, exclude, frozen,
+                               {id(m): p for p, m in model.named_modules()})
+    layers = {id(p): [_build_layer(act_cfg, p.site, k) for k in range(p.site.count)]
+              for p in plans if p.action == 'converted' and p.name is not None}
+    classes = _rewritten_classes(plans)
+    report = _apply(model, plans, layers, classes, unreached)
+    model.__dict__[_REPORT_ATTR] = report
+    return report
+
+
+def _rewritten_classes(plans: List[_Plan]) -> Dict[int, Tuple[nn.Module, type]]:
+    """Per owner whose method calls are replaced: the owner and its new class."""
+    specs: Dict[int, Dict[str, Tuple[MethodRef, dict]]] = defaultdict(dict)
+    owners = {}
+    for plan in plans:
+        if plan.action != 'converted' or plan.in_place_path is not None:
+            continue
+        call = plan.site.first
+        kind = 'drop' if plan.name is None else ('loop' if plan.site.loop else 'module')
+        _, spec = specs[id(call.owner)].setdefault(plan.method.name, (plan.method, {}))
+        spec[call.position] = (kind, plan.name, _join(plan.owner_path, plan.name or ''))
+        owners[id(call.owner)] = call.owner
+    return {key: (owners[key], converted_class(type(owners[key]), {
+        name: rewrite_method(method, spec) for name, (method, spec) in per_method.items()}))
+            for key, per_method in specs.items()}
+
+
+def _apply(model, plans, layers, classes, unreached) -> ConversionReport:
+    paths = {id(m): p for p, m in model.named_modules()}
+    entries = []
+    rewritten_modules: Dict[int, List[_Plan]] = defaultdict(list)
+    for plan in plans:
+        site, call = plan.site, plan.site.first
+        new = layers.get(id(plan))
+        if new is not None:
+            if plan.in_place_path is not None:
+                _set_module(model, plan.in_place_path, new[0])
+            else:
+                setattr(call.owner, plan.name, nn.ModuleList(new) if site.loop else new[0])
+        if call.module is not None and plan.in_place_path is None:
+            rewritten_modules[id(call.module)].append(plan)
+        if plan.name is None:
+            continue
+        converted = plan.action == 'converted'
+        site_paths = plan.paths() if converted else [plan.stock_path(paths)] * site.count
+        for k, path in enumerate(site_paths):
+            entries.append(SiteEntry(path, plan.kind, site.channels[k], site.channel_axis,
+                                     _stock_name(site), site.source, plan.action))
+    for owner, cls in classes.values():
+        owner.__class__ = cls
+    for module_plans in rewritten_modules.values():
+        module = module_plans[0].site.first.module
+        if all(p.action == 'converted' for p in module_plans) and id(module) in paths:
+            names = ', '.join(p.name or '(dropped)' for p in module_plans)
+            _set_module(model, paths[id(module)],
+                        ConvertedAway(module, paths[id(module)], f'was split into {names}'))
+    for path in unreached:
+        module = model.get_submodule(path)
+        _set_module(model, path, ConvertedAway(module, path, 'was never called by the trace '
+                                               'forward'))
+    order = {p: i for i, (p, _) in enumerate(model.named_modules())}
+    entries.sort(key=lambda e: order.get(e.path, len(order)))
+    return ConversionReport(entries, unreached)
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition('.')
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)
