@@ -1,5 +1,9 @@
-"""MMDetection components in which every activation site is its own module built from an
-``act_cfg`` with the site's channel count, and detectors with one model-wide ``act_cfg``.
+"""PWLU (or any activation) in MMDetection detectors.
+
+:func:`convert_activations` gives every hidden activation site of a built mmdet model its own
+layer; importing this subpackage also lets any detector config take ``model.act_cfg``
+(:mod:`.build`). The ``Act*`` components are mmdet's with their sites converted as they are
+built, under the names that their checkpoints use.
 
 Importing this subpackage needs mmdet; it registers the components in mmdet's ``MODELS`` and
 imports :mod:`pwlu_mmdet.engine` (the activation layers, ``PWLUHook``, the optimizer constructor
@@ -8,8 +12,10 @@ and the checkpoint loading; see there), so that a config's
 """
 from .. import engine  # noqa: F401
 
-from .activation import build_site_act, set_conv_module_act, site_act_cfg, spread_act_cfg
-from .backbones import ActBasicBlock, ActBottleneck, ActResNet
+from .activation import build_site_act, site_act_cfg, spread_act_cfg
+from .backbones import ActResNet
+from .build import warn_without_pwlu_hook
+from .convert import ConversionReport, ConvertedAway, SiteEntry, convert_activations
 from .dense_heads import ActRetinaHead, ActRPNHead
 from .detectors import ActDetectorMixin, ActFasterRCNN, ActMaskRCNN, ActRetinaNet
 from .necks import ActFPN
@@ -17,8 +23,9 @@ from .roi_heads import (ActConvFCBBoxHead, ActFCNMaskHead, ActShared2FCBBoxHead,
                         ActShared4Conv1FCBBoxHead)
 
 __all__ = [
-    'build_site_act', 'set_conv_module_act', 'site_act_cfg', 'spread_act_cfg', 'ActBasicBlock',
-    'ActBottleneck', 'ActResNet', 'ActFPN', 'ActRPNHead', 'ActRetinaHead', 'ActConvFCBBoxHead',
-    'ActShared2FCBBoxHead', 'ActShared4Conv1FCBBoxHead', 'ActFCNMaskHead', 'ActDetectorMixin',
-    'ActMaskRCNN', 'ActFasterRCNN', 'ActRetinaNet'
+    'convert_activations', 'ConversionReport', 'SiteEntry', 'ConvertedAway',
+    'warn_without_pwlu_hook', 'build_site_act', 'site_act_cfg', 'spread_act_cfg', 'ActResNet',
+    'ActFPN', 'ActRPNHead', 'ActRetinaHead', 'ActConvFCBBoxHead', 'ActShared2FCBBoxHead',
+    'ActShared4Conv1FCBBoxHead', 'ActFCNMaskHead', 'ActDetectorMixin', 'ActMaskRCNN',
+    'ActFasterRCNN', 'ActRetinaNet'
 ]

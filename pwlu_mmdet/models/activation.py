@@ -15,7 +15,7 @@ from mmdet.registry import MODELS
 from ..layers.factory import site_kwargs
 
 __all__ = ['ACT_CFG_DEFAULT', 'act_class', 'site_act_cfg', 'build_site_act', 'inherits_act_cfg',
-           'spread_act_cfg', 'set_conv_module_act']
+           'spread_act_cfg']
 
 ACT_CFG_DEFAULT = dict(type='ReLU')
 
@@ -76,14 +76,3 @@ def spread_act_cfg(cfg, act_cfg: Optional[dict]):
         if getattr(cls, 'inherits_act_cfg', False):
             out['act_cfg'] = copy.deepcopy(act_cfg)
     return out
-
-
-def set_conv_module_act(conv, act_cfg: Optional[dict]) -> None:
-    """Rebuild the activation of an mmcv ``ConvModule`` from ``act_cfg`` (``None``: remove it)
-    with the conv's output channel count, keeping the module's ``inplace`` choice."""
-    conv.act_cfg = site_act_cfg(act_cfg, conv.out_channels)
-    conv.with_activation = act_cfg is not None
-    if hasattr(conv, 'activate'):
-        del conv.activate
-    if act_cfg is not None:
-        conv.activate = build_site_act(act_cfg, conv.out_channels, inplace=conv.inplace)

@@ -207,58 +207,72 @@ def _site_error(site: Site, problem: str) -> ValueError:
                       'Exclude the site (exclude=[...module path...]) to keep it stock.')
 
 
+class _Numbering:
+    """The static number and use count of each activation call, per owner (cached)."""
+
+    def __init__(self) -> None:
+        self.tables: Dict[int, dict] = {}
+
+    def __call__(self, call) -> Tuple[Optional[int], int]:
+        if id(call.owner) not in self.tables:
+            attrs = frozenset(n for n, m in call.owner._modules.items()
+                              if m is not None and is_activation_module(m))
+            self.tables[id(call.owner)] = numbered_calls(type(call.owner), attrs)
+        table = self.tables[id(call.owner)]
+        number, key = table.get((call.code.co_filename, call.position), (None, None))
+        return number, sum(1 for _, k in table.values() if k == key)
+
+
+def _method(call) -> Optional[MethodRef]:
+    if call.code is None or call.owner is None or call.in_torch:
+        return None
+    return find_method(type(call.owner), call.code)
+
+
+def _plan_site(site: Site, method: Optional[MethodRef], module_uses: int, numbering: _Numbering,
+               paths: Dict[int, str], names: dict) -> _Plan:
+    call = site.first
+    table = names.get(method.cls.__name__, {}) if method is not None else {}
+    number, static_uses = numbering(call) if method is not None else (None, 1)
+    if call.module is not None and module_uses == 1 and site.count == 1 and static_uses <= 1:
+        # A module used once: replaced where it is, unless a name is asked for.
+        path = paths.get(id(call.module))
+        if path is None:
+            raise _site_error(site, 'the module is not a submodule of the model')
+        parent, _, leaf = path.rpartition('.')
+        renamed = table.get(leaf, leaf)
+        site.loop = False
+        if renamed == leaf or method is None:
+            return _Plan(site, 'module', parent, leaf, path, method)
+        kind = 'module'
+    else:
+        if method is None:
+            raise _site_error(site, 'it is called from torch code or outside a module method, '
+                              'where it cannot be given a layer per call')
+        resolved = getattr(type(call.owner), method.name, None)
+        if resolved is None or inspect.unwrap(resolved) is not method.function:
+            raise _site_error(site, f'{method.cls.__name__}.{method.name} runs through super() '
+                              "from an override; only methods that the owner's class resolves "
+                              'to can be rewritten')
+        if number is None or call_node(call.code, call.position) is None:
+            raise _site_error(site, 'its call expression is not found in the source')
+        renamed = table.get(f'act{number}', f'act{number}')
+        kind = 'loop' if site.loop else ('functional' if call.module is None else 'shared')
+    owner_path = paths.get(id(call.owner))
+    if owner_path is None:
+        raise _site_error(site, 'the module whose method calls it is not in the model')
+    return _Plan(site, kind, owner_path, renamed, None, method)
+
+
 def _plan(model: nn.Module, sites: List[Site], names: Dict[str, Dict[str, Optional[str]]]
           ) -> List[_Plan]:
     paths = {id(m): p for p, m in model.named_modules()}
-    by_module: Dict[int, List[Site]] = defaultdict(list)
+    module_uses = defaultdict(int)
     for site in sites:
-        if site.first.module is not None:
-            by_module[id(site.first.module)].append(site)
-    numbers: Dict[int, dict] = {}
-    plans = []
-    for site in sites:
-        call = site.first
-        module_sites = by_module.get(id(call.module), []) if call.module is not None else []
-        method = None
-        if call.code is not None and call.owner is not None and not call.in_torch:
-            method = find_method(type(call.owner), call.code)
-        table = names.get(method.cls.__name__ if method else '', {})
-        if call.module is not None and len(module_sites) == 1 and not site.loop:
-            path = paths.get(id(call.module))
-            if path is None:
-                raise _site_error(site, 'the module is not a submodule of the model')
-            leaf = path.rsplit('.', 1)[-1]
-            renamed = table.get(leaf, leaf)
-            if renamed == leaf or method is None:
-                plans.append(_Plan(site, 'module', path.rpartition('.')[0], leaf, path, method))
-                continue
-            kind, default = 'module', leaf
-        else:
-            if call.in_torch or call.code is None:
-                raise _site_error(site, 'torch code calls it at several places; it cannot be '
-                                  'given one layer per place')
-            if call.owner is None or method is None:
-                raise _site_error(site, 'the call is not in a method of a module')
-            resolved = getattr(type(call.owner), method.name, None)
-            if resolved is None or inspect.unwrap(resolved) is not method.function:
-                raise _site_error(site, f'{method.cls.__name__}.{method.name} runs through '
-                                  'super() from an override; only methods that the '
-                                  "owner's class resolves to can be rewritten")
-            if call.owner not in numbers:
-                attrs = frozenset(n for n, m in call.owner._modules.items()
-                                  if m is not None and is_activation_module(m))
-                numbers[call.owner] = numbered_calls(type(call.owner), attrs)
-            number = numbers[call.owner].get((call.code.co_filename, call.position))
-            if number is None or call_node(call.code, call.position) is None:
-                raise _site_error(site, 'its call expression is not found in the source')
-            default = f'act{number}'
-            kind = 'loop' if site.loop else ('functional' if call.module is None else 'shared')
-            renamed = table.get(default, default)
-        owner_path = paths.get(id(call.owner))
-        if owner_path is None:
-            raise _site_error(site, 'the module whose method calls it is not in the model')
-        plans.append(_Plan(site, kind, owner_path, renamed, None, method))
-    return plans
+        module_uses[id(site.first.module)] += site.first.module is not None
+    numbering = _Numbering()
+    return [_plan_site(site, _method(site.first), module_uses[id(site.first.module)], numbering,
+                       paths, names) for site in sites]
 
 
 def _selected(paths: List[str], include, exclude) -> bool:
@@ -268,11 +282,11 @@ def _selected(paths: List[str], include, exclude) -> bool:
 
 
 def _apply_options(plans: List[_Plan], unreached: List[str], include, exclude, frozen: str,
-                   stock_paths: Dict[int, str]) -> List[str]:
+                   clamps: str, stock_paths: Dict[int, str]) -> List[str]:
     """Set each plan's action; returns the unreached modules that the options select."""
     for plan in plans:
         paths = plan.paths() + [plan.stock_path(stock_paths)]
-        if not plan.site.consumed:
+        if clamps == 'keep' and not plan.site.consumed:
             plan.action = 'clamp'
         elif frozen == 'keep' and _frozen(plan.site):
             plan.action = 'frozen'
@@ -335,6 +349,7 @@ def convert_activations(model: nn.Module,
                         include: Optional[Sequence[str]] = None,
                         exclude: Optional[Sequence[str]] = None,
                         frozen: str = 'keep',
+                        clamps: str = 'keep',
                         inputs=None,
                         trace_size: int = 64,
                         names: Optional[Dict[str, Dict[str, Optional[str]]]] = None
@@ -358,6 +373,9 @@ def convert_activations(model: nn.Module,
         frozen (str): ``'keep'``: sites whose layer is frozen (``requires_grad=False``, e.g.
             ``frozen_stages``) keep their stock activation; ``'convert'``: convert them too.
             Defaults to ``'keep'``.
+        clamps (str): ``'keep'``: sites whose output no layer of the traced forward consumes
+            keep their stock activation; ``'convert'``: convert them too (for a part of a
+            model, whose outputs feed layers outside the trace). Defaults to ``'keep'``.
         inputs (Any, optional): Positional arguments of one trace forward; None for an mmdet
             detector: one ``trace_size`` image through ``_forward`` (tensor mode).
         trace_size (int): Side of the detectors' trace image. Defaults to 64.
@@ -367,8 +385,10 @@ def convert_activations(model: nn.Module,
     Returns:
         ConversionReport: One :class:`SiteEntry` per site.
     """
-    if frozen not in ('keep', 'convert'):
-        raise ValueError(f"convert_activations: frozen must be 'keep' or 'convert', got {frozen!r}")
+    for option, value in (('frozen', frozen), ('clamps', clamps)):
+        if value not in ('keep', 'convert'):
+            raise ValueError(f"convert_activations: {option} must be 'keep' or 'convert', got "
+                             f'{value!r}')
     _check_model(model)
     if act_cfg is not None:
         build_site_act(act_cfg, 4)  # an unknown type or bad argument fails before any change
@@ -384,7 +404,7 @@ def convert_activations(model: nn.Module,
     called = {id(call.module) for call in calls if call.module is not None}
     unreached = [path for path, m in model.named_modules()
                  if is_activation_module(m) and id(m) not in called]
-    unreached = _apply_options(plans, unreached, include, exclude, frozen,
+    unreached = _apply_options(plans, unreached, include, exclude, frozen, clamps,
                                {id(m): p for p, m in model.named_modules()})
     layers = {id(p): [_build_layer(act_cfg, p.site, k) for k in range(p.site.count)]
               for p in plans if p.action == 'converted' and p.name is not None}

@@ -1,9 +1,9 @@
-"""RPN and RetinaNet heads with one activation module per site, built from ``act_cfg``."""
-import torch.nn as nn
+"""RPN and RetinaNet heads with one activation layer per site, built from ``act_cfg``."""
 from mmdet.models.dense_heads import RetinaHead, RPNHead
 from mmdet.registry import MODELS
 
-from .activation import ACT_CFG_DEFAULT, build_site_act, inherits_act_cfg, set_conv_module_act
+from .activation import ACT_CFG_DEFAULT, inherits_act_cfg
+from .components import convert_component, feature_maps
 
 __all__ = ['ActRPNHead', 'ActRetinaHead']
 
@@ -20,21 +20,11 @@ class ActRPNHead(RPNHead):
     """
 
     def __init__(self, in_channels, *args, act_cfg=ACT_CFG_DEFAULT, **kwargs):
-        self.act_cfg = act_cfg
         super().__init__(in_channels, *args, **kwargs)
-
-    def _init_layers(self):
-        super()._init_layers()
-        if self.num_convs > 1:
-            for conv in self.rpn_conv:
-                set_conv_module_act(conv, self.act_cfg)
-            self.rpn_act = nn.Identity()
-        else:
-            self.rpn_act = build_site_act(self.act_cfg, self.feat_channels, inplace=False)
-
-    def forward_single(self, x):
-        x = self.rpn_act(self.rpn_conv(x))
-        return self.rpn_cls(x), self.rpn_reg(x)
+        self.act_cfg = act_cfg
+        rpn_act = 'rpn_act' if self.num_convs == 1 else None
+        convert_component(self, act_cfg, feature_maps(in_channels, 2),
+                          names={'RPNHead': {'act1': rpn_act}})
 
 
 @MODELS.register_module()
@@ -45,11 +35,6 @@ class ActRetinaHead(RetinaHead):
     all FPN levels like its conv."""
 
     def __init__(self, num_classes, in_channels, *args, act_cfg=ACT_CFG_DEFAULT, **kwargs):
-        self.act_cfg = act_cfg
         super().__init__(num_classes, in_channels, *args, **kwargs)
-
-    def _init_layers(self):
-        super()._init_layers()
-        del self.relu  # built but never used by mmdet
-        for conv in list(self.cls_convs) + list(self.reg_convs):
-            set_conv_module_act(conv, self.act_cfg)
+        self.act_cfg = act_cfg
+        convert_component(self, act_cfg, feature_maps(in_channels, 2))

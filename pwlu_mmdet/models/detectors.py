@@ -12,6 +12,7 @@ from mmdet.models.detectors import FasterRCNN, MaskRCNN, RetinaNet
 from mmdet.registry import MODELS
 
 from .activation import ACT_CFG_DEFAULT, spread_act_cfg
+from .build import warn_without_pwlu_hook
 
 __all__ = ['ActDetectorMixin', 'ActMaskRCNN', 'ActFasterRCNN', 'ActRetinaNet']
 
@@ -53,6 +54,7 @@ class ActDetectorMixin:
                 kwargs[key] = spread_act_cfg(value, act_cfg)
         super().__init__(*args, **kwargs)
         self.act_cfg = act_cfg
+        warn_without_pwlu_hook(self)
 
 
 @MODELS.register_module()

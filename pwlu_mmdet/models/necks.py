@@ -1,10 +1,9 @@
-"""FPN whose activation sites, when it has any, are separate modules built from ``act_cfg``."""
-import torch.nn.functional as F
+"""FPN whose activation sites, when it has any, are built from ``act_cfg``."""
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
-from torch import nn
 
-from .activation import ACT_CFG_DEFAULT, build_site_act, inherits_act_cfg, site_act_cfg
+from .activation import ACT_CFG_DEFAULT, inherits_act_cfg, site_act_cfg
+from .components import convert_component, example
 
 __all__ = ['ActFPN']
 
@@ -34,38 +33,5 @@ class ActFPN(FPN):
         super().__init__(in_channels, out_channels, num_outs, *args, act_cfg=conv_act_cfg,
                          **kwargs)
         self.conv_act = conv_act
-        used_levels = self.backbone_end_level - self.start_level
-        num_extra_sites = 0
-        if self.add_extra_convs and self.relu_before_extra_convs and act_cfg is not None:
-            num_extra_sites = max(self.num_outs - used_levels - 1, 0)
-        self.extra_acts = nn.ModuleList(
-            build_site_act(act_cfg, out_channels, inplace=False) for _ in range(num_extra_sites))
-
-    def forward(self, inputs):
-        """mmdet's ``FPN.forward`` with ``extra_acts`` in place of ``F.relu``."""
-        assert len(inputs) == len(self.in_channels)
-        laterals = [
-            lateral_conv(inputs[i + self.start_level])
-            for i, lateral_conv in enumerate(self.lateral_convs)
-        ]
-        used_levels = len(laterals)
-        for i in range(used_levels - 1, 0, -1):
-            if 'scale_factor' in self.upsample_cfg:
-                up = F.interpolate(laterals[i], **self.upsample_cfg)
-            else:
-                up = F.interpolate(laterals[i], size=laterals[i - 1].shape[2:],
-                                   **self.upsample_cfg)
-            laterals[i - 1] = laterals[i - 1] + up
-        outs = [self.fpn_convs[i](laterals[i]) for i in range(used_levels)]
-        if self.num_outs > len(outs):
-            if not self.add_extra_convs:
-                for _ in range(self.num_outs - used_levels):
-                    outs.append(F.max_pool2d(outs[-1], 1, stride=2))
-            else:
-                source = dict(on_input=inputs[self.backbone_end_level - 1],
-                              on_lateral=laterals[-1], on_output=outs[-1])[self.add_extra_convs]
-                outs.append(self.fpn_convs[used_levels](source))
-                for k, i in enumerate(range(used_levels + 1, self.num_outs)):
-                    x = self.extra_acts[k](outs[-1]) if self.extra_acts else outs[-1]
-                    outs.append(self.fpn_convs[i](x))
-        return tuple(outs)
+        inputs = [example(c, max(64 >> i, 1)) for i, c in enumerate(in_channels)]
+        convert_component(self, act_cfg, inputs, names={'FPN': {'act1': 'extra_acts'}})

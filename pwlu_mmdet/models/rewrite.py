@@ -132,23 +132,33 @@ def in_loop(code: CodeType, position: Position) -> bool:
     return False
 
 
-def _is_activation_call(node: ast.Call, self_name: str, module_attrs: frozenset) -> bool:
+def _activation_call_key(node: ast.Call, self_name: str, module_attrs: frozenset
+                         ) -> Optional[str]:
+    """``relu`` for ``self.relu(x)`` (an activation module), ``F.relu`` for ``F.relu(x)``,
+    ``x.relu()``, ``torch.relu(x)``; None for other calls."""
     func = node.func
     if isinstance(func, ast.Attribute):
         if isinstance(func.value, ast.Name) and func.value.id == self_name:
-            return func.attr in module_attrs
-        return func.attr in _FUNCTIONAL_NAMES
-    return isinstance(func, ast.Name) and func.id in _FUNCTIONAL_NAMES
+            return func.attr if func.attr in module_attrs else None
+        return f'F.{func.attr}' if func.attr in _FUNCTIONAL_NAMES else None
+    if isinstance(func, ast.Name) and func.id in _FUNCTIONAL_NAMES:
+        return f'F.{func.id}'
+    return None
 
 
-def numbered_calls(owner_type: type, module_attrs: frozenset) -> Dict[Tuple[str, Position], int]:
+def numbered_calls(owner_type: type, module_attrs: frozenset
+                   ) -> Dict[Tuple[str, Position], Tuple[int, str]]:
     """The activation calls in the methods of ``owner_type`` and its bases, numbered from 1.
 
     Bases come first, then source order: the numbers, and so the default names ``act1``,
     ``act2`` ..., depend on the classes' source, not on which calls a config makes run.
     ``module_attrs`` are the owner's attributes that hold activation modules.
+
+    Returns:
+        dict: ``(filename, position)`` -> ``(number, key)``, the key being the module's
+        attribute name (``relu``) or the function (``F.relu``).
     """
-    calls: List[Tuple[int, str, Position]] = []
+    calls = set()
     for depth, cls in enumerate(reversed(owner_type.__mro__)):
         if cls.__module__ == __name__ or cls.__module__.startswith('torch.'):
             continue
@@ -162,11 +172,12 @@ def numbered_calls(owner_type: type, module_attrs: frozenset) -> Dict[Tuple[str,
                 continue
             self_name = node.args.args[0].arg if node.args.args else 'self'
             for sub in ast.walk(node):
-                if isinstance(sub, ast.Call) and _is_activation_call(sub, self_name,
-                                                                       module_attrs):
-                    calls.append((depth, function.__code__.co_filename, _position(sub)))
-    calls.sort()
-    return {(filename, pos): i + 1 for i, (_, filename, pos) in enumerate(sorted(set(calls)))}
+                key = (_activation_call_key(sub, self_name, module_attrs)
+                       if isinstance(sub, ast.Call) else None)
+                if key is not None:
+                    calls.add((depth, function.__code__.co_filename, _position(sub), key))
+    return {(filename, pos): (i + 1, key)
+            for i, (_, filename, pos, key) in enumerate(sorted(calls))}
 
 
 def _input_expr(node: ast.Call) -> ast.expr:

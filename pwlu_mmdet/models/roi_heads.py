@@ -1,13 +1,17 @@
-"""RoI heads (ConvFC bbox heads, FCN mask head) with one activation module per site."""
-import torch.nn as nn
+"""RoI heads (ConvFC bbox heads, FCN mask head) with one activation layer per site."""
 from mmdet.models.roi_heads.bbox_heads import ConvFCBBoxHead
 from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 from mmdet.registry import MODELS
 
-from .activation import ACT_CFG_DEFAULT, build_site_act, inherits_act_cfg, set_conv_module_act
+from .activation import ACT_CFG_DEFAULT, inherits_act_cfg
+from .components import convert_component, example
 
 __all__ = ['ActConvFCBBoxHead', 'ActShared2FCBBoxHead', 'ActShared4Conv1FCBBoxHead',
            'ActFCNMaskHead']
+
+
+def _rois(head):
+    return example(head.in_channels, head.roi_feat_size, batch=2)
 
 
 @MODELS.register_module()
@@ -21,40 +25,8 @@ class ActConvFCBBoxHead(ConvFCBBoxHead):
     def __init__(self, *args, act_cfg=ACT_CFG_DEFAULT, **kwargs):
         super().__init__(*args, **kwargs)
         self.act_cfg = act_cfg
-        del self.relu
-        for conv in [*self.shared_convs, *self.cls_convs, *self.reg_convs]:
-            set_conv_module_act(conv, act_cfg)
-        self.shared_fc_acts = self._fc_acts(self.shared_fcs)
-        self.cls_fc_acts = self._fc_acts(self.cls_fcs)
-        self.reg_fc_acts = self._fc_acts(self.reg_fcs)
-
-    def _fc_acts(self, fcs):
-        return nn.ModuleList(
-            build_site_act(self.act_cfg, fc.out_features, inplace=True) for fc in fcs)
-
-    def _branch(self, x, convs, fcs, acts):
-        for conv in convs:
-            x = conv(x)
-        if fcs and x.dim() > 2:
-            if self.with_avg_pool:
-                x = self.avg_pool(x)
-            x = x.flatten(1)
-        for fc, act in zip(fcs, acts):
-            x = act(fc(x))
-        return x
-
-    def forward(self, x):
-        """mmdet's ``ConvFCBBoxHead.forward`` with per-fc activations."""
-        x = self._branch(x, self.shared_convs, self.shared_fcs, self.shared_fc_acts)
-        x_cls = self._branch(x, self.cls_convs, self.cls_fcs, self.cls_fc_acts)
-        x_reg = self._branch(x, self.reg_convs, self.reg_fcs, self.reg_fc_acts)
-        if x_cls.dim() > 2:
-            x_cls = (self.avg_pool(x_cls) if self.with_avg_pool else x_cls).flatten(1)
-        if x_reg.dim() > 2:
-            x_reg = (self.avg_pool(x_reg) if self.with_avg_pool else x_reg).flatten(1)
-        cls_score = self.fc_cls(x_cls) if self.with_cls else None
-        bbox_pred = self.fc_reg(x_reg) if self.with_reg else None
-        return cls_score, bbox_pred
+        names = dict(act1='shared_fc_acts', act2='cls_fc_acts', act3='reg_fc_acts')
+        convert_component(self, act_cfg, _rois(self), names={'ConvFCBBoxHead': names})
 
 
 @MODELS.register_module()
@@ -84,17 +56,5 @@ class ActFCNMaskHead(FCNMaskHead):
     def __init__(self, *args, act_cfg=ACT_CFG_DEFAULT, **kwargs):
         super().__init__(*args, **kwargs)
         self.act_cfg = act_cfg
-        del self.relu
-        for conv in self.convs:
-            set_conv_module_act(conv, act_cfg)
-        if self.upsample_method == 'deconv':
-            self.upsample_act = build_site_act(act_cfg, self.conv_out_channels, inplace=True)
-        else:
-            self.upsample_act = nn.Identity()
-
-    def forward(self, x):
-        for conv in self.convs:
-            x = conv(x)
-        if self.upsample is not None:
-            x = self.upsample_act(self.upsample(x))
-        return self.conv_logits(x)
+        convert_component(self, act_cfg, _rois(self),
+                          names={'FCNMaskHead': {'relu': 'upsample_act'}})

@@ -300,8 +300,8 @@ def group_sites(calls: List[ActivationCall], feeding: set,
     """Group traced calls into sites.
 
     Calls of one code position by one owner are one site, unless the position sits in a loop
-    (``in_loop``) and one run of it feeds the activation from different layers: then the k-th
-    call of each run is site k (a ``ModuleList``). Calls made from inside torch (an
+    (``in_loop``) that does not feed it from one and the same layer: then the k-th call of each
+    run is site k (a ``ModuleList``). Calls made from inside torch (an
     ``nn.Sequential``) are grouped by module.
 
     Raises:
@@ -320,10 +320,11 @@ def group_sites(calls: List[ActivationCall], feeding: set,
         runs: Dict[int, List[ActivationCall]] = defaultdict(list)
         for call in group:
             runs[call.invocation].append(call)
-        producers = {id(c.producer) if c.producer is not None else ('none', i)
-                     for i, c in enumerate(group)}
-        loop = (key[0] != 'module' and not group[0].in_torch and in_loop(group[0])
-                and (len(producers) > 1 or any(c.producer is None for c in group)))
+        # Several calls per run from one layer (one conv applied to a list of maps) are one
+        # site; otherwise a call in a loop is a site per iteration, even where it runs once.
+        shared = (len(group) > len(runs) and all(c.producer is not None for c in group)
+                  and len({id(c.producer) for c in group}) == 1)
+        loop = key[0] != 'module' and not group[0].in_torch and in_loop(group[0]) and not shared
         per_run = [len(run) for run in runs.values()]
         if loop and len(set(per_run)) != 1:
             raise ValueError(f'{_where(group[0])}: a loop that runs {sorted(set(per_run))} '
