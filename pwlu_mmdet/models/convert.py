@@ -29,6 +29,7 @@ __all__ = ['SiteEntry', 'ConversionReport', 'ConvertedAway', 'convert_activation
            'converted_sites']
 
 _REPORT_ATTR = '_pwlu_conversion'
+_TRACE_PROPOSALS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,25 +80,25 @@ class ConversionReport(list):
         return '\n'.join(lines)
 
 
-class ConvertedAway(nn.Module):
-    """Stands where a stock activation was before conversion gave its calls their own layers
-    (or where one was never called): it raises if something still calls it, naming the way
-    out, rather than running the stock activation silently."""
+class ConvertedAway:
+    """Stands, as a plain attribute, where a stock activation module was before conversion gave
+    its calls their own layers (or where one was never called). It holds no state and is not a
+    submodule, as the module it replaces held none; it raises if something still calls it,
+    naming the way out, rather than letting the stock activation run unnoticed."""
 
     def __init__(self, stock: nn.Module, path: str, reason: str) -> None:
-        super().__init__()
-        self.stock_repr = repr(stock)
+        self.stock = repr(stock)
         self.path = path
         self.reason = reason
 
-    def forward(self, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
         raise RuntimeError(
-            f'{self.path} ({self.stock_repr}) {self.reason}, and was now called where the '
-            'trace forward of convert_activations did not reach (a training-only path?). '
-            f"Convert with exclude=['{self.path}'] to keep the stock activation there.")
+            f'{self.path} ({self.stock}) {self.reason}, and was now called where the trace '
+            'forward of convert_activations did not reach (a training-only path?). Convert '
+            f"with exclude=['{self.path}'] to keep the stock activation there.")
 
-    def extra_repr(self) -> str:
-        return f'{self.stock_repr}: {self.reason}'
+    def __repr__(self) -> str:
+        return f'ConvertedAway({self.stock} at {self.path}: {self.reason})'
 
 
 def converted_sites(model: nn.Module) -> Optional[ConversionReport]:
@@ -129,7 +130,21 @@ def _default_run(model: nn.Module, size: int) -> Callable[[], object]:
     meta = dict(img_id=0, img_path='', ori_shape=(size, size), img_shape=(size, size),
                 pad_shape=(size, size), batch_input_shape=(size, size), scale_factor=(1., 1.))
     samples = [DetDataSample(metainfo=meta)]
-    return lambda: model._forward(images, samples)
+    # The RoI heads' sites do not depend on how many proposals they see; a few keep the trace
+    # of a cascade's mask heads (1000 RoIs per stage by default) from taking seconds.
+    rpn_cfg = getattr(getattr(model, 'rpn_head', None), 'test_cfg', None)
+
+    def run():
+        if not isinstance(rpn_cfg, dict) or 'max_per_img' not in rpn_cfg:
+            return model._forward(images, samples)
+        saved = rpn_cfg['max_per_img']
+        rpn_cfg['max_per_img'] = _TRACE_PROPOSALS
+        try:
+            return model._forward(images, samples)
+        finally:
+            rpn_cfg['max_per_img'] = saved
+
+    return run
 
 
 def _input_run(model: nn.Module, inputs) -> Callable[[], object]:
@@ -458,15 +473,22 @@ def _apply(model, plans, layers, classes, unreached) -> ConversionReport:
         module = module_plans[0].site.first.module
         if all(p.action == 'converted' for p in module_plans) and id(module) in paths:
             names = ', '.join(p.name or '(dropped)' for p in module_plans)
-            _set_module(model, paths[id(module)],
-                        ConvertedAway(module, paths[id(module)], f'was split into {names}'))
+            _set_guard(model, paths[id(module)],
+                       ConvertedAway(module, paths[id(module)], f'was split into {names}'))
     for path in unreached:
         module = model.get_submodule(path)
-        _set_module(model, path, ConvertedAway(module, path, 'was never called by the trace '
-                                               'forward'))
+        _set_guard(model, path, ConvertedAway(module, path, 'was never called by the trace '
+                                              'forward'))
     order = {p: i for i, (p, _) in enumerate(model.named_modules())}
     entries.sort(key=lambda e: order.get(e.path, len(order)))
     return ConversionReport(entries, unreached)
+
+
+def _set_guard(model: nn.Module, path: str, guard: ConvertedAway) -> None:
+    parent_path, _, name = path.rpartition('.')
+    parent = model.get_submodule(parent_path) if parent_path else model
+    del parent._modules[name]
+    setattr(parent, name, guard)
 
 
 def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
