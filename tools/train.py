@@ -5,6 +5,9 @@ Example::
 
     python tools/train.py configs/mask_rcnn/mask-rcnn_r50-scratch_fpn_gn-all-pwlu_3x_coco.py
     python tools/train.py CONFIG --cfg-options model.act_cfg.type=Swish
+    # any mmdet detector, its PWLUHook added (docs/models.md)
+    python tools/train.py mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py \
+        --cfg-options model.act_cfg.type=PWLU
 """
 import argparse
 
@@ -14,7 +17,7 @@ from mmengine.config import Config
 # Registers the Act* components, the activation layers, PWLUHook and the optimizer constructor,
 # and lets mmengine load its checkpoints under torch >= 2.6 (resume, test): see pwlu_mmdet.engine.
 import pwlu_mmdet.models  # noqa: F401
-from pwlu_mmdet.apis import add_common_args, build_runner, load_config
+from pwlu_mmdet.apis import add_common_args, add_pwlu_hook, build_runner, load_config
 from pwlu_mmdet.utils.dist import destroy_process_group
 
 
@@ -37,6 +40,7 @@ def parse_args(argv=None):
 
 def build_cfg(args) -> Config:
     cfg = load_config(args)
+    add_pwlu_hook(cfg)
 
     if args.amp is True:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'

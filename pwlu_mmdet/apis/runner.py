@@ -8,9 +8,16 @@ import torch
 import torch.distributed as dist
 from mmdet.registry import RUNNERS
 from mmengine.config import Config, DictAction
+from mmengine.hub import get_config
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-__all__ = ['add_common_args', 'load_config', 'init_cpu_distributed', 'build_runner']
+__all__ = ['add_common_args', 'load_config', 'add_pwlu_hook', 'init_cpu_distributed',
+           'build_runner']
+
+# The paper switches phase after 5 of its 36.8 COCO epochs (36646 of 270k iterations); a config
+# without PWLUHook gets its switch at the same fraction of its own schedule.
+PHASE_ONE_FRACTION = 36646 / 270000
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -31,18 +38,47 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def load_config(args: argparse.Namespace) -> Config:
     """The config with ``--cfg-options`` merged, the launcher and the work dir (CLI > config >
-    ``./work_dirs/<config name>``); sets ``LOCAL_RANK`` from ``--local-rank`` if unset."""
+    ``./work_dirs/<config name>``); sets ``LOCAL_RANK`` from ``--local-rank`` if unset.
+
+    ``args.config`` is a file or a config of an installed package, e.g.
+    ``mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py``.
+    """
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
-    cfg = Config.fromfile(args.config)
+    cfg = get_config(args.config) if '::' in args.config else Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+        name = osp.basename(args.config.split('::')[-1])
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(name)[0])
     return cfg
+
+
+def add_pwlu_hook(cfg: Config) -> None:
+    """Add ``PWLUHook`` to a config whose ``model.act_cfg`` is PWLU and that has none.
+
+    The switch comes after :data:`PHASE_ONE_FRACTION` of the schedule (``realign_epoch`` for
+    epoch-based loops, ``realign_iter`` for iteration-based ones), as in the paper. This is what
+    lets ``--cfg-options model.act_cfg.type=PWLU`` switch any detector config alone.
+    """
+    act_cfg = cfg.get('model', {}).get('act_cfg')
+    hooks = list(cfg.get('custom_hooks') or [])
+    if (not isinstance(act_cfg, dict) or act_cfg.get('type') != 'PWLU'
+            or any(h.get('type') == 'PWLUHook' for h in hooks)):
+        return
+    loop = cfg.get('train_cfg') or {}
+    if 'max_iters' in loop:
+        hook = dict(type='PWLUHook', realign_iter=max(1, round(PHASE_ONE_FRACTION
+                                                                * loop['max_iters'])))
+    else:
+        hook = dict(type='PWLUHook', realign_epoch=max(1, round(PHASE_ONE_FRACTION
+                                                                  * loop.get('max_epochs', 12))))
+    cfg.custom_hooks = hooks + [hook]
+    print_log(f'model.act_cfg is PWLU and the config has no PWLUHook: added {hook}',
+              logger='current')
 
 
 def init_cpu_distributed(cfg: Config) -> None:
