@@ -58,7 +58,8 @@ class SiteEntry:
 
 
 class ConversionReport(list):
-    """The :class:`SiteEntry` of every site, in model order; ``str()`` gives a table."""
+    """The :class:`SiteEntry` of every site, in the order the trace forward reached them;
+    ``str()`` gives a table."""
 
     def __init__(self, entries: Sequence[SiteEntry] = (), unreached: Sequence[str] = ()):
         super().__init__(entries)
@@ -479,8 +480,6 @@ def _apply(model, plans, layers, classes, unreached) -> ConversionReport:
         module = model.get_submodule(path)
         _set_guard(model, path, ConvertedAway(module, path, 'was never called by the trace '
                                               'forward'))
-    order = {p: i for i, (p, _) in enumerate(model.named_modules())}
-    entries.sort(key=lambda e: order.get(e.path, len(order)))
     return ConversionReport(entries, unreached)
 
 

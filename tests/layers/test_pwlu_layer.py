@@ -437,3 +437,48 @@ def test_inplace_only_for_inference(inplace):
     y = layer(xg)
     assert y.data_ptr() != xg.data_ptr()
 
+
+
+def _token_twins(seed=0):
+    """A channels-last PWLU and its channels-first twin with the same parameters."""
+    tokens = PWLU(6, num_intervals=8, channel_axis=-1)
+    rows = PWLU(6, num_intervals=8)
+    x = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(seed)) * 2 + 0.5
+    return tokens, rows, x
+
+
+def test_channel_axis_last_is_the_rows_layer():
+    tokens, rows, x = _token_twins()
+    assert 'channel_axis=-1' in repr(tokens)
+    tokens.train(), rows.train()
+    assert torch.equal(tokens(x), torch.relu(x))  # phase I
+    rows(x.reshape(-1, 6))
+    for name in ('running_mean', 'running_std'):
+        assert torch.equal(getattr(tokens, name), getattr(rows, name))
+    tokens.realign(), rows.realign()
+    with torch.no_grad():
+        for layer in (tokens, rows):
+            layer.points.add_(torch.linspace(-0.3, 0.3, 9))
+    xt, xr = x.clone().requires_grad_(), x.reshape(-1, 6).clone().requires_grad_()
+    yt, yr = tokens(xt), rows(xr)
+    assert yt.shape == x.shape and torch.equal(yt.reshape(-1, 6), yr)
+    yt.square().sum().backward()
+    yr.square().sum().backward()
+    assert torch.equal(xt.grad.reshape(-1, 6), xr.grad)
+    assert torch.equal(tokens.points.grad, rows.points.grad)
+    tokens.eval(), rows.eval()
+    with torch.no_grad():
+        assert torch.equal(tokens(x).reshape(-1, 6), rows(x.reshape(-1, 6)))
+
+
+def test_channel_axis_validation_and_statistics():
+    from pwlu_mmdet.layers import InputStatistics
+    with pytest.raises(ValueError, match='channel_axis'):
+        PWLU(4, channel_axis=2)
+    with pytest.raises(ValueError, match='built for 6 channels'):
+        PWLU(6, channel_axis=-1)(torch.randn(2, 6, 4))  # channels at dim 1, not last
+    tokens, _, x = _token_twins()
+    with InputStatistics({'t': tokens}) as stats:
+        tokens(x)
+    result = stats.results()['t']
+    torch.testing.assert_close(result.mean, x.reshape(-1, 6).double().mean(0))

@@ -1,6 +1,7 @@
 """The mmdet components with one activation module per site (pwlu_mmdet.models)."""
 import copy
 import os.path as osp
+import warnings
 
 import pytest
 import torch
@@ -435,3 +436,87 @@ def test_quickstart_model_trains_one_step(act):
     with torch.no_grad():
         results = model.test_step(packed)
     assert len(results) == 2
+
+
+ACT_CHECKPOINTS = osp.join(osp.dirname(__file__), 'data', 'act_checkpoint_keys.json')
+ACT_CONFIGS = {
+    'mask-rcnn_r50-scratch_fpn_gn-all-pwlu': MASK_RCNN.format('pwlu'),
+    'retinanet_r50-scratch_fpn_gn-all-pwlu': RETINANET.format('pwlu'),
+    'mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic': osp.join(
+        ROOT, 'configs', 'synthetic', 'mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py'),
+}
+
+
+@pytest.mark.parametrize('name', list(ACT_CONFIGS))
+def test_checkpoints_of_act_models_load_strict(name):
+    """Same state_dict keys and shapes as the Act* models had when they held their own copy
+    of mmdet's forward code (recorded in tests/models/data)."""
+    import hashlib
+    import json
+    with open(ACT_CHECKPOINTS) as f:
+        recorded = json.load(f)[name]
+    state = MODELS.build(Config.fromfile(ACT_CONFIGS[name]).model).state_dict()
+    lines = sorted(f'{k} {tuple(v.shape)}' for k, v in state.items())
+    assert {k[:-len('.points')]: v.shape[0] for k, v in state.items()
+            if k.endswith('.points')} == recorded['pwlu_sites']
+    assert len(lines) == recorded['num_keys']
+    assert hashlib.sha256('\n'.join(lines).encode()).hexdigest() == recorded['sha256']
+
+
+def test_stock_types_with_act_cfg_build_the_act_model():
+    """The quick-start model from mmdet's stock types and ``model.act_cfg``: the same weights
+    as ActMaskRCNN under its site names, and the same training loss."""
+    models = []
+    for act_name in ('pwlu', 'stock-pwlu'):
+        torch.manual_seed(0)
+        cfg = Config.fromfile(osp.join(ROOT, 'configs', 'synthetic',
+                                       f'mask-rcnn_r18-tiny_fpn_gn-all-{act_name}_synthetic.py'))
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+        models.append(model)
+    act, stock = models
+    assert type(act).__name__ == 'ActMaskRCNN' and type(stock).__name__ == 'MaskRCNN'
+    renames = {'backbone.relu.': 'backbone.act1.', 'rpn_head.act1.': 'rpn_head.rpn_act.',
+               'bbox_head.act1.': 'bbox_head.shared_fc_acts.',
+               'mask_head.relu.': 'mask_head.upsample_act.'}
+
+    def act_name(key):
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        return key
+
+    act_state = act.state_dict()
+    stock_state = {act_name(k): v for k, v in stock.state_dict().items()}
+    assert stock_state.keys() == act_state.keys()
+    assert all(torch.equal(v, act_state[k]) for k, v in stock_state.items())
+    packed = demo_mm_inputs(2, [(3, 128, 128)] * 2, num_items=[3, 3], num_classes=4,
+                            with_mask=True)
+    losses = []
+    for model in models:
+        torch.manual_seed(1)
+        model.train()
+        data = model.data_preprocessor(packed, True)
+        losses.append(model.parse_losses(model(**data, mode='loss'))[0])
+    assert torch.equal(*losses)
+
+
+def test_pwlu_without_hook_warns_at_the_first_training_forward():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'synthetic',
+                                   'mask-rcnn_r18-tiny_fpn_gn-all-stock-pwlu_synthetic.py'))
+    packed = demo_mm_inputs(1, [(3, 64, 64)], num_items=[2], num_classes=4, with_mask=True)
+    for with_hook in (False, True):
+        model = MODELS.build(cfg.model)
+        model.train()
+        data = model.data_preprocessor(packed, True)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter('always')
+            if with_hook:  # what PWLUHook does around every training iteration
+                with pwlu_mmdet.layers.statistics_step(model):
+                    model(**data, mode='loss')
+            else:
+                model(**data, mode='loss')
+        messages = [str(w.message) for w in record if 'PWLUHook' in str(w.message)]
+        assert bool(messages) != with_hook
+        if messages:
+            assert messages[0].startswith('28 PWLU layers are training in phase I')
+            assert all(w.category is RuntimeWarning for w in record if 'PWLUHook' in str(w.message))
