@@ -70,12 +70,9 @@ def add_pwlu_hook(cfg: Config) -> None:
             or any(h.get('type') == 'PWLUHook' for h in hooks)):
         return
     loop = cfg.get('train_cfg') or {}
-    if 'max_iters' in loop:
-        hook = dict(type='PWLUHook', realign_iter=max(1, round(PHASE_ONE_FRACTION
-                                                                * loop['max_iters'])))
-    else:
-        hook = dict(type='PWLUHook', realign_epoch=max(1, round(PHASE_ONE_FRACTION
-                                                                  * loop.get('max_epochs', 12))))
+    unit = 'iter' if 'max_iters' in loop else 'epoch'
+    length = loop['max_iters'] if unit == 'iter' else loop.get('max_epochs', 12)
+    hook = {'type': 'PWLUHook', f'realign_{unit}': max(1, round(PHASE_ONE_FRACTION * length))}
     cfg.custom_hooks = hooks + [hook]
     print_log(f'model.act_cfg is PWLU and the config has no PWLUHook: added {hook}',
               logger='current')

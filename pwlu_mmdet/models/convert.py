@@ -11,17 +11,15 @@ import copy
 import dataclasses
 import fnmatch
 import inspect
-import warnings
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import torch
 from torch import nn
 
-from ..layers import PWLU
 from .activation import act_class, build_site_act
 from .rewrite import (MethodRef, call_node, converted_class, find_method, in_loop, numbered_calls,
                       rewrite_method)
+from .trace_inputs import detector_runs, input_runs, untouched
 from .sites import (FUNCTIONAL_ACTIVATIONS, Site, group_sites, is_activation_module,
                     trace_activations)
 
@@ -29,7 +27,6 @@ __all__ = ['SiteEntry', 'ConversionReport', 'ConvertedAway', 'convert_activation
            'converted_sites']
 
 _REPORT_ATTR = '_pwlu_conversion'
-_TRACE_PROPOSALS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,70 +106,6 @@ def converted_sites(model: nn.Module) -> Optional[ConversionReport]:
         if report is not None:
             return report
     return None
-
-
-# ----------------------------------------------------------------------------------- tracing
-def _default_run(model: nn.Module, size: int) -> Callable[[], object]:
-    try:
-        from mmdet.models.detectors import BaseDetector
-        from mmdet.structures import DetDataSample
-    except ImportError:
-        BaseDetector = None
-    if BaseDetector is None or not isinstance(model, BaseDetector):
-        raise TypeError(
-            f'convert_activations: {type(model).__name__} is not an mmdet detector; pass '
-            'inputs=(...) (the positional arguments of one forward) to trace it')
-    param = next(model.parameters())
-    mean = getattr(getattr(model, 'data_preprocessor', None), 'mean', None)
-    channels = len(mean) if mean is not None and mean.dim() > 0 else 3
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(1, channels, size, size, generator=generator).to(param.device)
-    images.requires_grad_(True)
-    meta = dict(img_id=0, img_path='', ori_shape=(size, size), img_shape=(size, size),
-                pad_shape=(size, size), batch_input_shape=(size, size), scale_factor=(1., 1.))
-    samples = [DetDataSample(metainfo=meta)]
-    # The RoI heads' sites do not depend on how many proposals they see; a few keep the trace
-    # of a cascade's mask heads (1000 RoIs per stage by default) from taking seconds.
-    rpn_cfg = getattr(getattr(model, 'rpn_head', None), 'test_cfg', None)
-
-    def run():
-        if not isinstance(rpn_cfg, dict) or 'max_per_img' not in rpn_cfg:
-            return model._forward(images, samples)
-        saved = rpn_cfg['max_per_img']
-        rpn_cfg['max_per_img'] = _TRACE_PROPOSALS
-        try:
-            return model._forward(images, samples)
-        finally:
-            rpn_cfg['max_per_img'] = saved
-
-    return run
-
-
-def _input_run(model: nn.Module, inputs) -> Callable[[], object]:
-    inputs = inputs if isinstance(inputs, tuple) else (inputs, )
-
-    def with_grad(x):
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            return x.detach().requires_grad_(True)
-        if isinstance(x, (list, tuple)):
-            return type(x)(with_grad(i) for i in x)
-        return x
-
-    inputs = with_grad(inputs)
-    return lambda: model(*inputs)
-
-
-@contextlib.contextmanager
-def _untouched(model: nn.Module):
-    """Eval mode, grad on, global RNG and every module's mode restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        model.eval()
-        try:
-            yield
-        finally:
-            for module, mode in modes:
-                module.training = mode
 
 
 # ---------------------------------------------------------------------------------- planning
@@ -311,8 +244,8 @@ def _apply_options(plans: List[_Plan], unreached: List[str], include, exclude, f
     all_paths = [p for plan in plans for p in plan.paths() + [plan.stock_path(stock_paths)]]
     all_paths += unreached
     for option, patterns in (('include', include), ('exclude', exclude)):
-        unmatched = [pat for pat in patterns or () if not any(_matches(p, pat)
-                                                                for p in all_paths)]
+        unmatched = [pat for pat in patterns or ()
+                     if not any(_matches(p, pat) for p in all_paths)]
         if unmatched:
             raise ValueError(f'convert_activations: {option} patterns {unmatched} match no '
                              f'activation site; sites are e.g. {all_paths[:5]}')
@@ -408,13 +341,8 @@ def convert_activations(model: nn.Module,
     _check_model(model)
     if act_cfg is not None:
         build_site_act(act_cfg, 4)  # an unknown type or bad argument fails before any change
-    run = _input_run(model, inputs) if inputs is not None else _default_run(model, trace_size)
-    with _untouched(model):
-        try:
-            calls, feeding = trace_activations(model, run)
-        except Exception as error:
-            raise RuntimeError(f'convert_activations: the trace forward failed ({error!r}); '
-                               'pass inputs=(...) or another trace_size') from error
+    runs = input_runs(model, inputs) if inputs is not None else detector_runs(model, trace_size)
+    calls, feeding = _trace(model, runs)
     sites = group_sites(calls, feeding, lambda c: in_loop(c.code, c.position))
     plans = _plan(model, sites, names or {})
     called = {id(call.module) for call in calls if call.module is not None}
@@ -428,6 +356,20 @@ def convert_activations(model: nn.Module,
     report = _apply(model, plans, layers, classes, unreached)
     model.__dict__[_REPORT_ATTR] = report
     return report
+
+
+def _trace(model: nn.Module, runs: List[Tuple[str, Callable[[], object]]]):
+    """The first trace forward of ``runs`` that succeeds; the model's modes, its buffers and
+    the global RNG are as before."""
+    errors = []
+    for description, run in runs:
+        with untouched(model):
+            try:
+                return trace_activations(model, run)
+            except Exception as error:  # the next way to run it may work
+                errors.append(f'{description}: {error!r}')
+    raise RuntimeError('convert_activations: the trace forward failed (' + '; '.join(errors)
+                       + '); pass inputs=(...) or another trace_size')
 
 
 def _rewritten_classes(plans: List[_Plan]) -> Dict[int, Tuple[nn.Module, type]]:

@@ -310,8 +310,8 @@ def converted_class(base: type, methods: Dict[str, FunctionType]) -> type:
     key = (base, tuple(sorted((name, id(f)) for name, f in methods.items())))
     if key not in _CLASSES:
         qualname = f'{base.__name__}_sites{len(_CLASSES)}'
-        cls = type(base.__name__, (base, ), dict(methods, __module__=__name__,
-                                                  __qualname__=qualname))
+        namespace = dict(methods, __module__=__name__, __qualname__=qualname)
+        cls = type(base.__name__, (base, ), namespace)
         setattr(sys.modules[__name__], qualname, cls)
         _CLASSES[key] = cls
     return _CLASSES[key]

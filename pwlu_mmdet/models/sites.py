@@ -33,13 +33,16 @@ FUNCTIONAL_ACTIVATIONS = {
     'leaky_relu': nn.LeakyReLU, 'leaky_relu_': nn.LeakyReLU, 'elu': nn.ELU, 'elu_': nn.ELU,
     'hardswish': nn.Hardswish, 'mish': nn.Mish
 }
+# Functions that apply a layer with weights given as arguments: their input is consumed.
+_FUNCTIONAL_LAYERS = frozenset(('conv1d', 'conv2d', 'conv3d', 'conv_transpose1d',
+                                'conv_transpose2d', 'conv_transpose3d', 'linear'))
 # This project's layers: already sites; their internal relu calls are not.
 _OWN_ACTIVATIONS = (PWLU, FReLU, APL, PAU, ChannelPReLU, Swish)
 _TORCH_DIR = osp.dirname(torch.__file__) + osp.sep
 # Frames between an activation call and the code that made it.
 _CALL_MACHINERY = tuple(
-    osp.join(_TORCH_DIR, *parts) for parts in (('nn', 'modules', 'module.py'),
-                                                ('nn', 'functional.py'), ('overrides.py', )))
+    osp.join(_TORCH_DIR, *parts)
+    for parts in (('nn', 'modules', 'module.py'), ('nn', 'functional.py'), ('overrides.py', )))
 
 
 def _mmcv_activations() -> tuple:
@@ -208,6 +211,8 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, '__name__', None)
+        if name in _FUNCTIONAL_LAYERS and not self.inside:  # e.g. dynamic convs (CondInst)
+            self.layer_inputs.extend(_flatten_tensors(args[:1], []))
         if (not self.inside and name in FUNCTIONAL_ACTIVATIONS and args
                 and isinstance(args[0], torch.Tensor)):
             call = self._record(None, name, dict(kwargs, **_positional_kwargs(name, args)),

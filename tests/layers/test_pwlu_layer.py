@@ -438,7 +438,6 @@ def test_inplace_only_for_inference(inplace):
     assert y.data_ptr() != xg.data_ptr()
 
 
-
 def _token_twins(seed=0):
     """A channels-last PWLU and its channels-first twin with the same parameters."""
     tokens = PWLU(6, num_intervals=8, channel_axis=-1)

@@ -167,6 +167,6 @@ def test_stock_detector(family):
     with_mask = 'mask' in config
     train_step(model, with_mask)  # phase I: ReLU with statistics
     realign_model(model)
-    train_step(model, with_mask)  # phase II: the PWLU op at every site, channels-last tokens included
+    train_step(model, with_mask)  # phase II: the op at every site, channels-last ones included
     grads = [m.points.grad for m in layers.values()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
