@@ -118,9 +118,13 @@ class _Plan:
     in_place_path: Optional[str]  # set for module sites replaced where they are
     method: Optional[MethodRef]  # the method that makes the call, where it is known
     action: str = 'converted'
+    error: Optional[str] = None  # why the site cannot be converted (unless it is kept)
 
     def paths(self) -> List[str]:
-        """The paths of the site's layers once converted."""
+        """The paths of the site's layers once converted (none for a dropped call or a site
+        that cannot be converted)."""
+        if self.in_place_path is None and self.name is None:
+            return []
         base = self.in_place_path or _join(self.owner_path, self.name)
         return [f'{base}.{i}' for i in range(self.site.count)] if self.site.loop else [base]
 
@@ -151,9 +155,13 @@ def _frozen(site: Site) -> bool:
     return layer is not None and not any(p.requires_grad for p in layer.parameters(recurse=False))
 
 
-def _site_error(site: Site, problem: str) -> ValueError:
-    return ValueError(f'convert_activations: {_stock_name(site)} at {site.source}: {problem}. '
-                      'Exclude the site (exclude=[...module path...]) to keep it stock.')
+class _SiteError(ValueError):
+    pass
+
+
+def _site_error(site: Site, problem: str, path: str = '') -> _SiteError:
+    return _SiteError(f'convert_activations: {_stock_name(site)} at {site.source}: {problem}. '
+                      f"Exclude the site (exclude=['{path}']) to keep it stock.")
 
 
 class _Numbering:
@@ -181,13 +189,14 @@ def _method(call) -> Optional[MethodRef]:
 def _plan_site(site: Site, method: Optional[MethodRef], module_uses: int, numbering: _Numbering,
                paths: Dict[int, str], names: dict) -> _Plan:
     call = site.first
+    where = paths.get(id(call.module)) or paths.get(id(call.owner), '')
     table = names.get(method.cls.__name__, {}) if method is not None else {}
     number, static_uses = numbering(call) if method is not None else (None, 1)
     if call.module is not None and module_uses == 1 and site.count == 1 and static_uses <= 1:
         # A module used once: replaced where it is, unless a name is asked for.
         path = paths.get(id(call.module))
         if path is None:
-            raise _site_error(site, 'the module is not a submodule of the model')
+            raise _site_error(site, 'the module is not a submodule of the model', where)
         parent, _, leaf = path.rpartition('.')
         renamed = table.get(leaf, leaf)
         site.loop = False
@@ -197,19 +206,19 @@ def _plan_site(site: Site, method: Optional[MethodRef], module_uses: int, number
     else:
         if method is None:
             raise _site_error(site, 'it is called from torch code or outside a module method, '
-                              'where it cannot be given a layer per call')
+                              'where it cannot be given a layer per call', where)
         resolved = getattr(type(call.owner), method.name, None)
         if resolved is None or inspect.unwrap(resolved) is not method.function:
             raise _site_error(site, f'{method.cls.__name__}.{method.name} runs through super() '
                               "from an override; only methods that the owner's class resolves "
-                              'to can be rewritten')
+                              'to can be rewritten', where)
         if number is None or call_node(call.code, call.position) is None:
-            raise _site_error(site, 'its call expression is not found in the source')
+            raise _site_error(site, 'its call expression is not found in the source', where)
         renamed = table.get(f'act{number}', f'act{number}')
         kind = 'loop' if site.loop else ('functional' if call.module is None else 'shared')
     owner_path = paths.get(id(call.owner))
     if owner_path is None:
-        raise _site_error(site, 'the module whose method calls it is not in the model')
+        raise _site_error(site, 'the module whose method calls it is not in the model', where)
     return _Plan(site, kind, owner_path, renamed, None, method)
 
 
@@ -220,8 +229,15 @@ def _plan(model: nn.Module, sites: List[Site], names: Dict[str, Dict[str, Option
     for site in sites:
         module_uses[id(site.first.module)] += site.first.module is not None
     numbering = _Numbering()
-    return [_plan_site(site, _method(site.first), module_uses[id(site.first.module)], numbering,
-                       paths, names) for site in sites]
+    plans = []
+    for site in sites:
+        try:
+            plans.append(_plan_site(site, _method(site.first), module_uses[id(site.first.module)],
+                                    numbering, paths, names))
+        except _SiteError as error:
+            plans.append(_Plan(site, 'unknown', paths.get(id(site.first.owner), ''), None, None,
+                               None, error=str(error)))
+    return plans
 
 
 def _selected(paths: List[str], include, exclude) -> bool:
@@ -252,7 +268,8 @@ def _apply_options(plans: List[_Plan], unreached: List[str], include, exclude, f
     return [path for path in unreached if _selected([path], include, exclude)]
 
 
-def _build_layer(act_cfg: Optional[dict], site: Site, k: int) -> nn.Module:
+def _build_layer(act_cfg: Optional[dict], plan: _Plan, k: int) -> nn.Module:
+    site = plan.site
     call = site.first
     if act_cfg is None:  # the stock activation, as a module of its own
         if call.module is not None:
@@ -273,7 +290,7 @@ def _build_layer(act_cfg: Optional[dict], site: Site, k: int) -> nn.Module:
             cfg.setdefault('channel_axis', site.channel_axis)
         elif 'num_channels' in params:
             raise _site_error(site, f'its input is channels-last tokens {site.first.shape} and '
-                              f'{cls.__name__} has no channel_axis')
+                              f'{cls.__name__} has no channel_axis', plan.paths()[0])
     return build_site_act(cfg, site.channels[k], inplace=inplace)
 
 
@@ -350,7 +367,10 @@ def convert_activations(model: nn.Module,
                  if is_activation_module(m) and id(m) not in called]
     unreached = _apply_options(plans, unreached, include, exclude, frozen, clamps,
                                {id(m): p for p, m in model.named_modules()})
-    layers = {id(p): [_build_layer(act_cfg, p.site, k) for k in range(p.site.count)]
+    errors = [p.error for p in plans if p.error is not None and p.action == 'converted']
+    if errors:
+        raise ValueError('\n'.join(errors))
+    layers = {id(p): [_build_layer(act_cfg, p, k) for k in range(p.site.count)]
               for p in plans if p.action == 'converted' and p.name is not None}
     classes = _rewritten_classes(plans)
     report = _apply(model, plans, layers, classes, unreached)
@@ -403,8 +423,8 @@ def _apply(model, plans, layers, classes, unreached) -> ConversionReport:
                 setattr(call.owner, plan.name, nn.ModuleList(new) if site.loop else new[0])
         if call.module is not None and plan.in_place_path is None:
             rewritten_modules[id(call.module)].append(plan)
-        if plan.name is None:
-            continue
+        if plan.name is None and plan.error is None:
+            continue  # a dropped call (names=...: None) is no site
         converted = plan.action == 'converted'
         site_paths = plan.paths() if converted else [plan.stock_path(paths)] * site.count
         for k, path in enumerate(site_paths):

@@ -230,3 +230,20 @@ def test_onnx_export_of_a_converted_model(tmp_path):
         expected = model(x)
     for a, b in zip(got, expected):
         torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=1e-4)
+
+
+class SuperCall(Net):
+    """Reaches Net.forward through super(): its calls cannot be rewritten in place."""
+
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_a_site_that_cannot_be_converted_names_the_way_out():
+    model = SuperCall()
+    with pytest.raises(ValueError, match=r"Net.forward runs through super\(\).*exclude=\['relu'\]"):
+        convert_activations(model, dict(type='PWLU'), inputs=inputs())
+    assert type(model) is SuperCall and isinstance(model.relu, nn.ReLU)
+    report = convert_activations(model, dict(type='PWLU'), inputs=inputs(), exclude=['relu'])
+    assert {e.action for e in report} == {'excluded', 'clamp'}
+    assert isinstance(model.relu, nn.ReLU)
