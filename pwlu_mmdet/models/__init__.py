@@ -15,7 +15,7 @@ from .. import engine  # noqa: F401
 from .activation import build_site_act, site_act_cfg, spread_act_cfg
 from .backbones import ActResNet
 from .build import warn_without_pwlu_hook
-from .convert import ConversionReport, ConvertedAway, SiteEntry, convert_activations
+from .conversion import ConversionReport, ConvertedAway, SiteEntry, convert_activations
 from .dense_heads import ActRetinaHead, ActRPNHead
 from .detectors import ActDetectorMixin, ActFasterRCNN, ActMaskRCNN, ActRetinaNet
 from .necks import ActFPN

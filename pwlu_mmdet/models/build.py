@@ -19,7 +19,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
 from ..layers import PWLU
-from .convert import convert_activations
+from .conversion import convert_activations
 
 __all__ = ['build_with_act_cfg', 'warn_without_pwlu_hook']
 

@@ -4,7 +4,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .convert import convert_activations
+from .conversion import convert_activations
 
 __all__ = ['convert_component', 'example', 'feature_maps']
 

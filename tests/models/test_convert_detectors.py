@@ -23,7 +23,7 @@ from mmengine.registry import DefaultScope  # noqa: E402
 import pwlu_mmdet.models  # noqa: E402,F401
 from pwlu_mmdet.layers import PWLU, realign_model  # noqa: E402
 from pwlu_mmdet.models import convert_activations  # noqa: E402
-from pwlu_mmdet.models.sites import trace_activations  # noqa: E402
+from pwlu_mmdet.models.conversion.sites import trace_activations  # noqa: E402
 
 register_all_modules(init_default_scope=False)
 MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..layers import APL, PAU, PWLU, ChannelPReLU, FReLU
-from ..layers.factory import Swish
+from ...layers import APL, PAU, PWLU, ChannelPReLU, FReLU
+from ...layers.factory import Swish
 
 __all__ = ['ActivationCall', 'Site', 'trace_activations', 'group_sites', 'is_activation_module']
 
