@@ -4,7 +4,8 @@ mmengine's Runner wraps the model in DDP as soon as it builds it, so the convers
 while the model is built. Importing this module wraps the model build function of mmengine's
 root ``MODELS`` and mmdet's: a detector config that sets ``act_cfg`` (which no stock detector
 takes) is built without it and then converted by :func:`convert_activations`, with the options
-in ``act_convert``. Every other config builds exactly as before.
+in ``act_convert``. Every other config builds as before; a whole model (an mmengine
+``BaseModel``) that holds PWLU layers also gets the check for ``PWLUHook``.
 """
 import copy
 import functools
@@ -15,6 +16,7 @@ import warnings
 from mmdet.models.detectors import BaseDetector
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.logging import print_log
+from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
@@ -44,7 +46,10 @@ def build_with_act_cfg(build_func):
     @functools.wraps(build_func)
     def build(cfg, *args, registry, **kwargs):
         if not _converts(cfg, registry):
-            return build_func(cfg, *args, registry=registry, **kwargs)
+            model = build_func(cfg, *args, registry=registry, **kwargs)
+            if isinstance(model, BaseModel):  # a whole model, whatever holds its PWLU layers
+                warn_without_pwlu_hook(model)
+            return model
         cfg = copy.copy(cfg)
         act_cfg = cfg.pop('act_cfg')
         options = dict(cfg.pop('act_convert', None) or {})
@@ -89,6 +94,9 @@ class _PhaseOneCheck:
 def warn_without_pwlu_hook(model: nn.Module) -> None:
     """Warn at the first training forward of ``model`` if its PWLU layers are in phase I and
     no ``PWLUHook`` opened a statistics step, i.e. nothing will ever switch them to phase II."""
+    if '_pwlu_phase_one_check' in model.__dict__:
+        return
     if any(isinstance(m, PWLU) for m in model.modules()):
         check = _PhaseOneCheck()
+        model.__dict__['_pwlu_phase_one_check'] = check
         check.hook_id = model.register_forward_pre_hook(check, with_kwargs=True).id

@@ -520,3 +520,18 @@ def test_pwlu_without_hook_warns_at_the_first_training_forward():
         if messages:
             assert messages[0].startswith('28 PWLU layers are training in phase I')
             assert all(w.category is RuntimeWarning for w in record if 'PWLUHook' in str(w.message))
+
+
+def test_any_model_with_pwlu_layers_gets_the_hook_check():
+    """A stock detector whose backbone alone is an Act* component, built by the registry."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'synthetic',
+                                   'mask-rcnn_r18-tiny_fpn_gn-all-stock-pwlu_synthetic.py'))
+    del cfg.model['act_cfg']
+    cfg.model.backbone.type = 'ActResNet'
+    cfg.model.backbone.act_cfg = dict(type='PWLU')
+    model = MODELS.build(cfg.model)
+    assert type(model).__name__ == 'MaskRCNN'
+    packed = demo_mm_inputs(1, [(3, 64, 64)], num_items=[2], num_classes=4, with_mask=True)
+    model.train()
+    with pytest.warns(RuntimeWarning, match='17 PWLU layers are training in phase I'):
+        model(**model.data_preprocessor(packed, True), mode='loss')
