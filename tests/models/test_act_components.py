@@ -438,7 +438,7 @@ def test_quickstart_model_trains_one_step(act):
     assert len(results) == 2
 
 
-ACT_CHECKPOINTS = osp.join(osp.dirname(__file__), 'data', 'act_checkpoint_keys.json')
+ACT_CHECKPOINTS = osp.join(osp.dirname(__file__), 'act_checkpoint_keys.json')
 ACT_CONFIGS = {
     'mask-rcnn_r50-scratch_fpn_gn-all-pwlu': MASK_RCNN.format('pwlu'),
     'retinanet_r50-scratch_fpn_gn-all-pwlu': RETINANET.format('pwlu'),
@@ -450,7 +450,7 @@ ACT_CONFIGS = {
 @pytest.mark.parametrize('name', list(ACT_CONFIGS))
 def test_checkpoints_of_act_models_load_strict(name):
     """Same state_dict keys and shapes as the Act* models had when they held their own copy
-    of mmdet's forward code (recorded in tests/models/data)."""
+    of mmdet's forward code (recorded in tests/models/act_checkpoint_keys.json)."""
     import hashlib
     import json
     with open(ACT_CHECKPOINTS) as f:
