@@ -238,8 +238,11 @@ class PWLU(nn.Module):
         """Make the function ReLU on the range ``[left_bound, right_bound]``, in place.
 
         Writes ``Y_i = ReLU(B_i)`` at the demarcation points ``B_i = B_L + i * (B_R - B_L) / N``
-        (placed exactly as the op places them), ``K_L = 0`` and ``K_R = 1``: what the
-        initialisation and the realignment (Eq. 6) write. The phase and the statistics stay as
+        (placed exactly as the op places them) and each outer slope as ReLU's just outside its
+        bound: ``K_L = 1`` if ``B_L > 0`` else 0, ``K_R = 0`` if ``B_R < 0`` else 1 (the
+        paper's ``K_L = 0``, ``K_R = 1`` where ``B_L <= 0 <= B_R``). The curve then equals ReLU
+        from each bound towards 0, where the inputs that leave a range that excludes 0 fall.
+        What the initialisation and the realignment (Eq. 6) write. The phase and the statistics stay as
         they are, and the parameter tensors are written in place, so that an optimizer built
         before keeps training them.
 
@@ -258,8 +261,8 @@ class PWLU(nn.Module):
         self.points.copy_(torch.relu(demarcation))
         self.left_bound.copy_(left_bound)
         self.right_bound.copy_(right_bound)
-        self.left_slope.zero_()
-        self.right_slope.fill_(1.0)
+        self.left_slope.copy_((left_bound > 0).to(self.left_slope.dtype))
+        self.right_slope.copy_((right_bound >= 0).to(self.right_slope.dtype))
 
     def valid_range(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(B_L, B_R)`` as the forward uses them, with ``B_R >= B_L + range_eps * scale``.
@@ -405,8 +408,8 @@ class PWLU(nn.Module):
     def realign(self, distributed: Optional[bool] = None, name: Optional[str] = None) -> None:
         """Eq. 6 reset from the running statistics, then phase II.
 
-        ``B_L = mu - sigma * std``, ``B_R = mu + sigma * std``, ``Y_i = ReLU(B_i)``, ``K_L = 0``,
-        ``K_R = 1``, written in place so that an optimizer built before keeps training the same
+        ``B_L = mu - sigma * std``, ``B_R = mu + sigma * std``, ReLU on that range
+        (:meth:`set_relu_range`), written in place so that an optimizer built before keeps training the same
         tensors. An open statistics step is ended first. Under ``torch.distributed`` the
         statistics of all ranks are combined first (:meth:`global_statistics`) and written back
         to the buffers (``channel_batches_tracked`` and ``channel_batches_skipped`` become the
