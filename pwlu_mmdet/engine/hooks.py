@@ -119,6 +119,7 @@ class PWLUHook(Hook):
         self.lr_mult = float(lr_mult)
         self._layers: Optional[List[PWLU]] = None  # cached: no module walk every iteration
         self._stats: Optional[InputStatistics] = None  # attached on logging iterations only
+        self._open: List[PWLU] = []  # the layers whose statistics step this hook opened
 
     def before_run(self, runner) -> None:
         """Install the phase-II gradient sync on a DDP-wrapped model; give the PWLU parameters
@@ -202,7 +203,9 @@ class PWLUHook(Hook):
         statistics step of the others; on a logging iteration, attach the input-statistics
         pre-hooks."""
         self._maybe_realign(runner)
-        for layer in self._phase_one_layers(runner):
+        self._end_statistics_steps()  # one left open by an iteration without after_train_iter
+        self._open = self._phase_one_layers(runner)
+        for layer in self._open:
             layer.begin_statistics_step()
         if self.log_interval and self.every_n_train_iters(runner, self.log_interval):
             if self._stats is None:
@@ -245,8 +248,10 @@ class PWLUHook(Hook):
                            f'{outside:.2%} of the PWLU inputs outside [B_L, B_R]')
 
     def _end_statistics_steps(self) -> None:
-        for layer in self._layers or ():
+        # Only the steps this hook opened: steps nest, and another one may be open.
+        for layer in self._open:
             layer.end_statistics_step()
+        self._open = []
 
     def after_train(self, runner) -> None:
         """Remove the pre-hooks and end the statistics steps if an iteration ended without

@@ -196,6 +196,7 @@ class PWLU(nn.Module):
         self._table_cache = None
         # (mean, var) of every call of the open statistics step; None when no step is open.
         self._step_moments: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+        self._step_depth = 0  # open begin_statistics_step() calls: steps nest
         self.reset_parameters()
 
     # ------------------------------------------------------------------ phase and parameters
@@ -222,6 +223,7 @@ class PWLU(nn.Module):
             self.channel_batches_skipped.zero_()
             self.phase.fill_(_PHASE_I)
         self._step_moments = None
+        self._step_depth = 0
         self._set_phase(False)
 
     def _set_phase(self, realigned: bool) -> None:
@@ -310,17 +312,24 @@ class PWLU(nn.Module):
         updates the running statistics once, from the mixture of the calls' distributions (see
         :func:`pool_moments`). :class:`pwlu_mmdet.engine.PWLUHook` opens a step before each
         training iteration and ends it after; :func:`statistics_step` does the same around any
-        block of code. Without an open step every call is a step of its own. Opening a step
-        that is already open does nothing.
+        block of code. Without an open step every call is a step of its own. Steps nest: a
+        step opened inside an open one (``statistics_step()`` inside the hook's) is part of it,
+        and only the outermost :meth:`end_statistics_step` updates.
         """
+        self._step_depth += 1
         if self._step_moments is None:
             self._step_moments = []
 
     def end_statistics_step(self) -> None:
         """Close the open statistics step: one update from the calls it pooled, if any.
 
-        Does nothing when no step is open. :meth:`realign` ends an open step first.
+        Does nothing when no step is open, and only leaves a nested one.
+        :meth:`realign` ends an open step first, however deeply nested.
         """
+        if self._step_depth > 1:
+            self._step_depth -= 1
+            return
+        self._step_depth = 0
         moments, self._step_moments = self._step_moments, None
         if moments:
             self._update_statistics(moments)
@@ -422,6 +431,7 @@ class PWLU(nn.Module):
             name (str, optional): The layer's name in the model, for the warnings.
                 Defaults to None.
         """
+        self._step_depth = min(self._step_depth, 1)
         self.end_statistics_step()
         combined = self._combined_statistics(distributed)
         self._warn_missing_statistics(combined, name)
@@ -575,6 +585,7 @@ class PWLU(nn.Module):
         self._set_phase(int(self.phase.item()) == _PHASE_II)
         self._table_cache = None
         self._step_moments = None
+        self._step_depth = 0
 
     def _apply(self, fn, *args, **kwargs):
         self._table_cache = None

@@ -161,6 +161,35 @@ def test_pending_step_is_flushed_by_realign_and_dropped_by_load():
     assert not other.in_statistics_step
 
 
+def test_nested_statistics_steps_update_once():
+    """A statistics_step() inside an open step (the one PWLUHook opens around the iteration)
+    is part of it: the inner exit must not close the outer step, so the calls after it still
+    pool into the one update of the outer step."""
+    layer = PWLU(3)
+    with statistics_step(layer):
+        layer(normal_input(0, mean=-4.0))
+        with statistics_step(layer):
+            layer(normal_input(1, mean=0.0))
+        assert layer.in_statistics_step and layer.num_batches_tracked.item() == 0
+        layer(normal_input(2, mean=4.0))
+        assert layer.num_batches_tracked.item() == 0
+    assert not layer.in_statistics_step and layer.num_batches_tracked.item() == 1
+    flat = PWLU(3)
+    with statistics_step(flat):
+        for i, mean in enumerate((-4.0, 0.0, 4.0)):
+            flat(normal_input(i, mean=mean))
+    assert torch.equal(layer.running_mean, flat.running_mean)
+    assert torch.equal(layer.running_std, flat.running_std)
+    # realign() closes a nested step whatever its depth; its calls count.
+    layer.begin_statistics_step()
+    layer.begin_statistics_step()
+    layer(normal_input(3))
+    layer.realign()
+    assert not layer.in_statistics_step and layer.num_batches_tracked.item() == 2
+    layer.end_statistics_step()  # the hook's end after the switch: nothing left to close
+    assert layer.num_batches_tracked.item() == 2
+
+
 def test_state_dict_without_the_new_counters_loads():
     """A phase-I state dict without the per-channel counters (as an older layer wrote it), with
     one channel's statistics poisoned by an inf batch (which such a layer kept), loads
