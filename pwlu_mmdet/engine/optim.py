@@ -35,9 +35,14 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from torch import nn
 
-from ..layers import PWLU, find_pwlu_layers
+from ..layers import PAU, PWLU, ChannelPReLU, find_pwlu_layers
 
 __all__ = ['PWLUOptimWrapperConstructor', 'add_pwlu_param_groups']
+
+# Activations whose authors train their parameters without weight decay: PReLU (He et al.,
+# Sec. 2.2: decay would push the slopes towards 0, i.e. towards ReLU) and PAU (its reference
+# code steps the rational coefficients with an optimizer of their own, without decay).
+NO_DECAY_ACTIVATIONS = (ChannelPReLU, nn.PReLU, PAU)
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -84,7 +89,8 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         except (TypeError, ValueError):
             return False
 
-    def _pwlu_group(self, name: str, param: nn.Parameter) -> dict:
+    def _pwlu_group(self, name: str, param: nn.Parameter, lr_mult: float,
+                    decay_mult: float) -> dict:
         group = {'params': [param]}
         custom_keys = self.paramwise_cfg.get('custom_keys', {})
         for key in sorted(sorted(custom_keys), key=len, reverse=True):
@@ -97,10 +103,10 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 group.update(custom)
                 return group
         if self.base_lr is not None:
-            group['lr'] = self.base_lr * self.pwlu_lr_mult
+            group['lr'] = self.base_lr * lr_mult
         if self.base_wd is not None:
-            group['weight_decay'] = self.base_wd * self.pwlu_decay_mult
-        elif self.pwlu_decay_mult == 0:
+            group['weight_decay'] = self.base_wd * decay_mult
+        elif decay_mult == 0:
             # No weight_decay in the optimizer config means the optimizer's own default (AdamW:
             # 0.01), which "no decay" must override too.
             group['weight_decay'] = 0.
@@ -111,14 +117,23 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                    module: nn.Module,
                    prefix: str = '',
                    is_dcn_module=None) -> None:
-        """Add PWLU parameters whatever their ``requires_grad``; defer the rest to the parent."""
+        """Add PWLU parameters whatever their ``requires_grad``, PReLU and PAU parameters
+        without decay; defer the rest to the parent."""
+        if isinstance(module, NO_DECAY_ACTIVATIONS):
+            for name, param in module.named_parameters(recurse=False):
+                full_name = f'{prefix}.{name}' if prefix else name
+                group = self._pwlu_group(full_name, param, 1., 0.)
+                if param.requires_grad and not (self.paramwise_cfg.get('bypass_duplicate')
+                                                and self._is_in(group, params)):
+                    params.append(group)
+            return
         if not isinstance(module, PWLU):
             super().add_params(params, module, prefix, is_dcn_module)
             return
         bypass_duplicate = self.paramwise_cfg.get('bypass_duplicate', False)
         for name, param in module.named_parameters(recurse=False):
             full_name = f'{prefix}.{name}' if prefix else name
-            group = self._pwlu_group(full_name, param)
+            group = self._pwlu_group(full_name, param, self.pwlu_lr_mult, self.pwlu_decay_mult)
             if bypass_duplicate and self._is_in(group, params):
                 continue
             if not self.pwlu_shared_groups:
