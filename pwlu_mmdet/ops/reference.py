@@ -13,7 +13,8 @@ from ._checks import check_pwlu_args, check_range_eps
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype PWLU computes in: ``x``'s, but float32 for float16 and bfloat16 (as the kernels)."""
+    """The dtype PWLU computes in: ``x``'s, but float32 for float16 and bfloat16 (as the
+    kernels)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
