@@ -1,48 +1,32 @@
-"""Optimizer wrapper constructor that puts PWLU parameters in the optimizer, without decay.
+"""The PWLU parameters in the optimizer: the constructor for PWLU configs, and the param groups
+given to an optimizer that another constructor built (stock ``optim_wrapper`` configs).
 
-Why a constructor: PWLU parameters have ``requires_grad=False`` in phase I (see
-:class:`pwlu_mmdet.PWLU`), and mmengine's ``DefaultOptimWrapperConstructor`` *skips*
-``requires_grad=False`` parameters as soon as a ``paramwise_cfg`` is set (mmdet's configs set
-``norm_decay_mult=0.`` and friends), so they would never be trained after the switch. This
-constructor always adds them, in their own param groups, with ``weight_decay = base_wd *
-pwlu_decay_mult`` (default 0: they are activation parameters, like norm weights) and ``lr =
-base_lr * pwlu_lr_mult``. In phase I they get no gradient, which every torch optimizer treats as
-"skip this parameter" -- no step, no weight decay, no momentum, no Adam step count -- so they
-stay bit-identical until :meth:`PWLU.realign` makes them trainable.
-
-PWLU parameters with the same settings share one param group (the stock constructor makes a
-group per parameter), which takes the optimizer's multi-tensor (``foreach``) path where it has
-one and the config does not choose: a detector has five small PWLU tensors per activation site,
-and stepping them one small group at a time costs far more than one multi-tensor step over all
-of them. ``pwlu_shared_groups=False`` keeps a group per parameter, e.g. to resume an optimizer
-state saved with such groups.
-
-Config (any mmdet ``optim_wrapper``, stock ``paramwise_cfg`` options still apply to the other
-parameters)::
-
-    optim_wrapper = dict(
-        constructor='PWLUOptimWrapperConstructor',
-        optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
-        paramwise_cfg=dict(norm_decay_mult=0., pwlu_decay_mult=0., pwlu_lr_mult=1.))
-
-A ``custom_keys`` entry of ``paramwise_cfg`` that matches a PWLU parameter's name takes
-precedence, exactly as it does for any other parameter.
+Phase-I PWLU parameters have ``requires_grad=False``, which mmengine's default constructor
+skips as soon as a ``paramwise_cfg`` is set, so they would never train after the switch. In
+the optimizer they get no gradient in phase I, which every torch optimizer treats as "skip":
+no step, decay, momentum or Adam count. docs/training.md describes the options.
 """
 import inspect
 from typing import List, Optional
 
-from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper, OptimWrapperDict
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from torch import nn
 
-from ..layers import PWLU, find_pwlu_layers
+from ..layers import PAU, PWLU, ChannelPReLU, find_pwlu_layers
 
-__all__ = ['PWLUOptimWrapperConstructor', 'add_pwlu_param_groups']
+__all__ = ['PWLUOptimWrapperConstructor', 'add_pwlu_param_groups', 'setup_pwlu_optimizer']
+
+# Activations whose authors train their parameters without weight decay: PReLU (He et al.,
+# Sec. 2.2: decay would push the slopes towards 0, i.e. towards ReLU) and PAU (its reference
+# code steps the rational coefficients with an optimizer of their own, without decay).
+NO_DECAY_ACTIVATIONS = (ChannelPReLU, nn.PReLU, PAU)
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """``DefaultOptimWrapperConstructor`` that handles PWLU parameters (see the module doc).
+    """``DefaultOptimWrapperConstructor`` that adds the PWLU parameters whatever their
+    ``requires_grad``, in groups of their own, and the PReLU and PAU parameters without decay.
 
     Args:
         optim_wrapper_cfg (dict): As for ``DefaultOptimWrapperConstructor``.
@@ -55,6 +39,11 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             - ``pwlu_shared_groups`` (bool): PWLU parameters with the same settings share a
               param group (``foreach`` where the optimizer has it and the config does not
               choose). False: one group per parameter. Defaults to True.
+
+    Note:
+        A ``custom_keys`` entry that matches a parameter's name takes precedence, as for any
+        other parameter. Shared groups matter: a detector has five small PWLU tensors per site,
+        and stepping them one group at a time costs far more than one multi-tensor step.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
@@ -84,7 +73,8 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         except (TypeError, ValueError):
             return False
 
-    def _pwlu_group(self, name: str, param: nn.Parameter) -> dict:
+    def _pwlu_group(self, name: str, param: nn.Parameter, lr_mult: float,
+                    decay_mult: float) -> dict:
         group = {'params': [param]}
         custom_keys = self.paramwise_cfg.get('custom_keys', {})
         for key in sorted(sorted(custom_keys), key=len, reverse=True):
@@ -97,10 +87,10 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 group.update(custom)
                 return group
         if self.base_lr is not None:
-            group['lr'] = self.base_lr * self.pwlu_lr_mult
+            group['lr'] = self.base_lr * lr_mult
         if self.base_wd is not None:
-            group['weight_decay'] = self.base_wd * self.pwlu_decay_mult
-        elif self.pwlu_decay_mult == 0:
+            group['weight_decay'] = self.base_wd * decay_mult
+        elif decay_mult == 0:
             # No weight_decay in the optimizer config means the optimizer's own default (AdamW:
             # 0.01), which "no decay" must override too.
             group['weight_decay'] = 0.
@@ -111,14 +101,23 @@ class PWLUOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                    module: nn.Module,
                    prefix: str = '',
                    is_dcn_module=None) -> None:
-        """Add PWLU parameters whatever their ``requires_grad``; defer the rest to the parent."""
+        """Add PWLU parameters whatever their ``requires_grad``, PReLU and PAU parameters
+        without decay; defer the rest to the parent."""
+        if isinstance(module, NO_DECAY_ACTIVATIONS):
+            for name, param in module.named_parameters(recurse=False):
+                full_name = f'{prefix}.{name}' if prefix else name
+                group = self._pwlu_group(full_name, param, 1., 0.)
+                if param.requires_grad and not (self.paramwise_cfg.get('bypass_duplicate')
+                                                and self._is_in(group, params)):
+                    params.append(group)
+            return
         if not isinstance(module, PWLU):
             super().add_params(params, module, prefix, is_dcn_module)
             return
         bypass_duplicate = self.paramwise_cfg.get('bypass_duplicate', False)
         for name, param in module.named_parameters(recurse=False):
             full_name = f'{prefix}.{name}' if prefix else name
-            group = self._pwlu_group(full_name, param)
+            group = self._pwlu_group(full_name, param, self.pwlu_lr_mult, self.pwlu_decay_mult)
             if bypass_duplicate and self._is_in(group, params):
                 continue
             if not self.pwlu_shared_groups:
@@ -153,57 +152,29 @@ def _schedulers_of(param_schedulers) -> List:
     return [param_schedulers] if hasattr(param_schedulers, 'base_values') else []
 
 
-def _new_group(template: dict, params: List[nn.Parameter], defaults: dict, decay_mult: float,
-               lr_mult: float, schedulers: List) -> dict:
-    """A param group for ``params`` that every scheduler treats as if built with the others.
-
-    The settings are the template group's as they are now, i.e. after the auto-scaling of the
-    learning rate and the schedulers' first step, scaled by ``lr_mult`` (learning rates) and
-    with ``weight_decay = defaults['weight_decay'] * decay_mult``.
-    """
-    group = {k: v for k, v in template.items() if k != 'params'}
-    group['params'] = params
-    for key in [k for k in group if k == 'lr' or k.endswith('_lr')]:
-        group[key] = group[key] * lr_mult
-    group['weight_decay'] = defaults.get('weight_decay', 0.) * decay_mult
-    for scheduler in schedulers:
-        name = scheduler.param_name
-        group.setdefault(f'initial_{name}', group[name])
-        scheduler.base_values.append(group[f'initial_{name}'])
-        if hasattr(scheduler, '_last_value'):
-            scheduler._last_value.append(group[name])
-    return group
-
-
 def add_pwlu_param_groups(optim_wrapper: OptimWrapper, model: nn.Module,
                           param_schedulers=None, decay_mult: float = 0.,
                           lr_mult: float = 1.) -> int:
     """Give the PWLU parameters of ``model`` their own param groups in a built optimizer.
 
-    For optimizers built by another constructor than :class:`PWLUOptimWrapperConstructor`
-    (mmdet's stock ``optim_wrapper`` configs): with a ``paramwise_cfg`` mmengine's default
-    constructor leaves the frozen PWLU parameters out, without one it puts them in a group
-    with weight decay. Each PWLU parameter that is missing, or sits in a group with other
-    parameters, is moved to a new group that copies the hyperparameters of the group it came
-    from (missing ones: of the first group), with ``lr_mult`` and no weight decay by default.
-    Parameter schedulers built on this optimizer get the new groups' base values, so they
-    schedule them like the others.
-
-    Call it after the schedulers are built and before any optimizer step or resume
-    (:meth:`PWLUHook.before_run` does): a resumed optimizer state then matches the groups.
+    Each PWLU parameter that is missing (a stock constructor with ``paramwise_cfg`` skips
+    frozen parameters) or shares a group with other parameters (one without it decays them)
+    moves to a new group with the settings its group has now (the first group's if missing),
+    ``lr * lr_mult`` and ``weight_decay = defaults * decay_mult``.
 
     Args:
-        optim_wrapper (OptimWrapper): The runner's optimizer wrapper (not an
-            ``OptimWrapperDict``).
+        optim_wrapper (OptimWrapper): A single optimizer's wrapper.
         model (nn.Module): The model (or its wrapper).
-        param_schedulers (list | dict, optional): The runner's built parameter schedulers.
-        decay_mult (float): Weight decay of the PWLU groups relative to the optimizer's.
-            Defaults to 0.
-        lr_mult (float): Learning rate of the PWLU groups relative to their template group.
-            Defaults to 1.
+        param_schedulers (list | dict, optional): The schedulers built on the optimizer.
+        decay_mult (float): Weight decay relative to the optimizer's. Defaults to 0.
+        lr_mult (float): Learning rate relative to the template group. Defaults to 1.
 
     Returns:
         int: The number of PWLU parameters moved or added.
+
+    Note:
+        Call it after the schedulers are built and before any step or resume, as
+        ``PWLUHook.before_run`` does: a resumed optimizer state then matches the groups.
     """
     optimizer = optim_wrapper.optimizer
     pwlu = [p for _, layer in find_pwlu_layers(model) for p in layer.parameters()]
@@ -216,13 +187,70 @@ def add_pwlu_param_groups(optim_wrapper: OptimWrapper, model: nn.Module,
             continue  # already in a group of PWLU parameters only: a deliberate setting
         template = group if group is not None else optimizer.param_groups[0]
         by_template.setdefault(id(template), (template, []))[1].append(p)
-    if not by_template:
-        return 0
     schedulers = [s for s in _schedulers_of(param_schedulers)
                   if s.optimizer in (optimizer, optim_wrapper)]
-    for template, params in list(by_template.values()):
+    for template, params in by_template.values():
         moved = {id(p) for p in params}
         template['params'] = [q for q in template['params'] if id(q) not in moved]
-        optimizer.add_param_group(
-            _new_group(template, params, optimizer.defaults, decay_mult, lr_mult, schedulers))
+        group = {k: v for k, v in template.items() if k != 'params'}
+        for key in [k for k in group if k == 'lr' or k.endswith('_lr')]:
+            group[key] = group[key] * lr_mult
+        group['weight_decay'] = optimizer.defaults.get('weight_decay', 0.) * decay_mult
+        optimizer.add_param_group(dict(group, params=params))
+        for scheduler in schedulers:
+            # mmengine has no API to add a group to a built scheduler. ``initial_<name>`` is
+            # what it reads a group's base value from (and checks on resume); base_values is
+            # that list, read by the schedulers that are not chainable. The other state is
+            # recomputed from the groups at every step.
+            name = scheduler.param_name
+            group = optimizer.param_groups[-1]
+            group.setdefault(f'initial_{name}', group[name])
+            scheduler.base_values.append(group[f'initial_{name}'])
     return sum(len(params) for _, params in by_template.values())
+
+
+def setup_pwlu_optimizer(runner, add_param_groups: bool = True, decay_mult: float = 0.,
+                         lr_mult: float = 1.) -> None:
+    """Make the runner's built optimizer train every PWLU parameter in phase II.
+
+    An optimizer not built by :class:`PWLUOptimWrapperConstructor` gets the PWLU parameters'
+    groups from :func:`add_pwlu_param_groups` (``add_param_groups``); then every PWLU
+    parameter must be in the optimizer (a ``RuntimeError`` otherwise). Nothing is done before
+    the optimizer is built (val or test runs).
+    """
+    wrapper = getattr(runner, 'optim_wrapper', None)
+    if not isinstance(wrapper, OptimWrapper):
+        return
+    layers = find_pwlu_layers(runner.model)
+    if not layers:
+        return
+    wrappers = list(wrapper.values()) if isinstance(wrapper, OptimWrapperDict) else [wrapper]
+    built_here = any(getattr(w, 'pwlu_param_groups', False) for w in wrappers)
+    if add_param_groups and not built_here and len(wrappers) == 1:
+        moved = add_pwlu_param_groups(wrapper, runner.model, runner.param_schedulers,
+                                      decay_mult, lr_mult)
+        if moved:
+            runner.logger.info(
+                f'PWLUHook: {moved} PWLU parameters given their own param groups (weight decay '
+                f'x{decay_mult}, lr x{lr_mult}); the optimizer constructor had left them out or '
+                'grouped them with other parameters')
+    groups = {id(p): g for w in wrappers for g in w.optimizer.param_groups for p in g['params']}
+    missing, decayed = [], []
+    for name, layer in layers:
+        for pname, p in layer.named_parameters(recurse=False):
+            group = groups.get(id(p))
+            if group is None:
+                missing.append(f'{name}.{pname}')
+            elif group.get('weight_decay', 0) and not (built_here or add_param_groups):
+                decayed.append(f'{name}.{pname}')
+    if missing:
+        raise RuntimeError(
+            f'PWLUHook: {len(missing)} PWLU parameters are not in the optimizer (e.g. '
+            f'{missing[0]}): they have requires_grad=False in phase I and the optimizer '
+            "constructor skipped them. Set optim_wrapper=dict(constructor="
+            "'PWLUOptimWrapperConstructor', ...).")
+    if decayed:
+        runner.logger.warning(
+            f'PWLUHook: {len(decayed)} PWLU parameters get weight decay from the default '
+            "optimizer constructor; use constructor='PWLUOptimWrapperConstructor' (no decay "
+            'by default, paramwise_cfg.pwlu_decay_mult to choose)')

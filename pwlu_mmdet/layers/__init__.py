@@ -9,7 +9,8 @@ from .factory import TORCH_ACTIVATIONS, build_activation
 from .frelu import FReLU
 from .pau import PAU
 from .prelu import ChannelPReLU
-from .pwlu import PWLU, pool_moments
+from .pwlu import PWLU
+from .running_stats import pool_moments
 from .statistics import (InputStatistics, LayerAlignment, alignment_iou, find_pwlu_layers,
                          realign_model, stage_name, statistics_step, summarize_stages,
                          unwrap_model)

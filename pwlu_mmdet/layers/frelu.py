@@ -58,9 +58,11 @@ class FReLU(nn.Module):
       ImageNet-style classification.
     * Inputs that are not spatial maps (the box head's fc layers, ``(N, C)``):
       ``flat_input='funnel'`` (default) treats them as ``1 x 1`` maps, where the zero-padded
-      window reduces to its centre tap, so ``T`` is a learned per-channel scale followed by the
-      normalisation and the site is still a funnel unit, not a ReLU; ``flat_input='relu'``
-      computes ``max(x, 0)`` there instead (``T = 0``; no spatial context to use).
+      window reduces to its centre tap ``w_c``. GroupNorm would normalise a ``1 x 1`` map across
+      the channels of a group (one channel per group: ``T`` the constant ``beta_c``, a shifted
+      ReLU), so there only its affine is applied, ``T = gamma_c w_c x + beta_c``: a per-channel
+      funnel, the form a BatchNorm funnel has at inference. BatchNorm stays per channel and is
+      applied as it is. ``flat_input='relu'`` computes ``max(x, 0)`` there instead.
 
     Args:
         num_channels (int): Number of channels ``C`` (dim 1 of the input).
@@ -100,12 +102,21 @@ class FReLU(nn.Module):
         """``T(x)`` of a ``(N, C, H, W)`` input."""
         return self.norm(self.conv(x))
 
+    def _flat_condition(self, x: torch.Tensor) -> torch.Tensor:
+        """``T(x)`` of an ``(N, C)`` input (see the class docstring)."""
+        if not isinstance(self.norm, nn.GroupNorm):
+            return self.funnel_condition(x[:, :, None, None]).flatten(1)
+        t = self.conv(x[:, :, None, None]).flatten(1)
+        if self.norm.affine:
+            t = torch.addcmul(self.norm.bias, t, self.norm.weight)
+        return t
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('FReLU', x, self.num_channels)
         if x.dim() == 2:
             if self.flat_input == 'relu':
                 return torch.relu(x)
-            return torch.maximum(x, self.funnel_condition(x[:, :, None, None]).flatten(1))
+            return torch.maximum(x, self._flat_condition(x))
         if x.dim() != 4:
             raise ValueError(f'FReLU expects (N, C, H, W) or (N, C) input, got shape '
                              f'{tuple(x.shape)}')

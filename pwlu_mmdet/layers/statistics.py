@@ -1,17 +1,5 @@
-"""What measures the PWLU layers of a model at run time (needs only torch).
-
-* :func:`find_pwlu_layers`: every PWLU of a model, by name, in module order;
-* :func:`alignment_iou`: the Eq. 7 IoU of a learnable range with an input range;
-* :class:`InputStatistics`: per-set input statistics through forward pre-hooks, and their
-  alignment with ``[B_L, B_R]`` (:class:`LayerAlignment`), summarised per stage by
-  :func:`summarize_stages`;
-* :func:`statistics_step` and :func:`realign_model`: the two phase operations on a whole model.
-
-The hooks of :class:`InputStatistics` read the input only: the layers' parameters and buffers are
-never written. Used by :class:`pwlu_mmdet.engine.PWLUHook` (one training iteration at the
-logging interval), by :mod:`pwlu_mmdet.analysis` (over K batches), by the DDP gradient sync and
-by the benchmarks.
-"""
+"""The PWLU layers of a whole model: finding them, their two phase operations, and measuring
+how their learnable ranges fit their inputs (Eq. 7). Needs only torch."""
 import contextlib
 import sys
 from collections import OrderedDict
@@ -22,6 +10,7 @@ import torch
 from torch import nn
 
 from .pwlu import PWLU
+from .running_stats import pool_moments
 
 __all__ = ['alignment_iou', 'find_pwlu_layers', 'unwrap_model', 'statistics_step',
            'realign_model', 'LayerAlignment', 'InputStatistics', 'stage_name',
@@ -32,21 +21,10 @@ LayerList = Union[Dict[str, PWLU], Sequence[Tuple[str, PWLU]]]
 
 def alignment_iou(left_bound: torch.Tensor, right_bound: torch.Tensor, mean: torch.Tensor,
                   std: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
-    """Alignment IoU of Eq. 7: ``|A n B| / |A u B|`` of two intervals on the real line.
+    """Alignment IoU of Eq. 7: ``|A n B| / |A u B|`` of ``A = [left_bound, right_bound]`` and
+    ``B = [mean - sigma * std, mean + sigma * std]``, per set, float32.
 
-    ``A = [left_bound, right_bound]`` is the learnable range and ``B = [mean - sigma * std,
-    mean + sigma * std]`` the input's range. Degenerate (zero-length) unions count as IoU 1 when
-    the intervals coincide and 0 otherwise.
-
-    Args:
-        left_bound (Tensor): ``B_L`` per parameter set.
-        right_bound (Tensor): ``B_R``, same shape.
-        mean (Tensor): Input mean per parameter set.
-        std (Tensor): Input standard deviation per parameter set.
-        sigma (float): Width of the input range in standard deviations. Defaults to 3.0.
-
-    Returns:
-        Tensor: IoU per parameter set, float32, in ``[0, 1]``.
+    A zero-length union counts as 1 where the intervals coincide, else 0.
     """
     a_lo, a_hi = left_bound.float(), right_bound.float()
     b_lo, b_hi = (mean - sigma * std).float(), (mean + sigma * std).float()
@@ -58,12 +36,8 @@ def alignment_iou(left_bound: torch.Tensor, right_bound: torch.Tensor, mean: tor
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside a ``DataParallel``/``DistributedDataParallel`` or mmengine wrapper.
-
-    mmengine's wrappers are recognised by mmengine's own ``is_model_wrapper``, looked up only
-    when ``mmengine.model`` is already imported (a model can only be in such a wrapper then):
-    measuring a model never imports mmengine.
-    """
+    """The model inside a ``DataParallel``/``DistributedDataParallel`` or mmengine wrapper."""
+    # mmengine's wrappers can only exist once mmengine.model is imported: never import it here.
     mmengine_model = sys.modules.get('mmengine.model')
     if mmengine_model is not None:
         wrapped = mmengine_model.is_model_wrapper(model)
@@ -73,27 +47,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def find_pwlu_layers(model: nn.Module) -> List[Tuple[str, PWLU]]:
-    """``(name, layer)`` of every PWLU in ``model`` (unwrapped if needed), in module order.
-
-    The order is the same on every rank, so per-layer collectives in this order match up.
-    """
+    """``(name, layer)`` of every PWLU in ``model`` (unwrapped), in module order: the same on
+    every rank, so per-layer collectives in this order match up."""
     return [(name, m) for name, m in unwrap_model(model).named_modules() if isinstance(m, PWLU)]
 
 
 @contextlib.contextmanager
 def statistics_step(module: nn.Module) -> Iterator[None]:
-    """Make the block one statistics step for every PWLU in ``module`` (Eq. 5).
+    """Make the block one statistics step for every PWLU in ``module`` (a layer or a model).
 
-    For training loops without :class:`pwlu_mmdet.engine.PWLUHook` (which does this around
-    every training iteration) in which a PWLU runs several times per step::
-
-        for batch in loader:
-            with statistics_step(model):
-                loss = model(batch)
-            loss.backward()
-
-    Args:
-        module (nn.Module): A PWLU or a model containing PWLU layers.
+    For loops without ``PWLUHook`` (which opens one per iteration) where a layer runs several
+    times per step; steps nest (:meth:`PWLU.begin_statistics_step`).
     """
     layers = [layer for _, layer in find_pwlu_layers(module)]
     for layer in layers:
@@ -108,19 +72,15 @@ def statistics_step(module: nn.Module) -> Iterator[None]:
 @torch.no_grad()
 def realign_model(model: nn.Module, distributed: Optional[bool] = None
                   ) -> Dict[str, Tuple[float, float]]:
-    """Realign every PWLU of ``model`` that is still in phase I (Eq. 6).
-
-    Layers are visited in module order, which is the same on every rank, so the per-layer
-    collectives of :meth:`PWLU.realign` match up under ``torch.distributed``.
+    """Realign every PWLU of ``model`` still in phase I, in module order (Eq. 6).
 
     Args:
         model (nn.Module): The model or its wrapper.
         distributed (bool, optional): Passed to :meth:`PWLU.realign`. Defaults to None.
 
     Returns:
-        dict[str, tuple[float, float]]: Per realigned layer, the mean alignment IoU (Eq. 7)
-        of its learnable range with its input range ``mu +- sigma * std`` before and after the
-        reset (after is 1 up to the minimum range width).
+        dict[str, tuple[float, float]]: Per realigned layer, the mean Eq. 7 IoU of its range
+        with ``mu +- sigma * std`` of its statistics before and after the reset.
     """
     summary = {}
     for name, layer in find_pwlu_layers(model):
@@ -139,19 +99,10 @@ def realign_model(model: nn.Module, distributed: Optional[bool] = None
 
 
 def stage_name(name: str, depth: int = 2) -> str:
-    """The stage a layer belongs to: the first ``depth`` components of its parent module.
+    """The stage of a layer: the first ``depth`` components of its parent module's name.
 
-    ``backbone.layer1.0.act1 -> backbone.layer1``, ``backbone.act1 -> backbone``,
-    ``roi_head.bbox_head.shared_convs.0.activate -> roi_head.bbox_head``,
-    ``rpn_head.rpn_act -> rpn_head``. A top-level layer (no parent) is its own stage; with
-    ``depth=0`` every layer is in the stage ``'all'``.
-
-    Args:
-        name (str): Dotted module name of the layer.
-        depth (int): Number of leading name components that make a stage. Defaults to 2.
-
-    Returns:
-        str: The stage name.
+    ``backbone.layer1.0.act1 -> backbone.layer1``, ``rpn_head.rpn_act -> rpn_head``; a
+    top-level layer is its own stage; ``depth=0`` puts every layer in ``'all'``.
     """
     if depth <= 0:
         return 'all'
@@ -163,21 +114,20 @@ def stage_name(name: str, depth: int = 2) -> str:
 
 @dataclass
 class LayerAlignment:
-    """Input statistics of one PWLU layer and their alignment with its learnable range.
-
-    Every tensor is float64 on the CPU with one entry per parameter set (``C`` channel-wise,
-    1 layer-wise).
+    """Input statistics of one PWLU and their alignment with its range (float64 CPU tensors,
+    one entry per set).
 
     Attributes:
         name (str): Module name of the layer.
         mode (str): ``'channel'`` or ``'layer'``.
         realigned (bool): Whether the layer was in phase II.
-        count (int): Input elements per parameter set that were seen.
-        mean (Tensor): Mean of the input.
-        std (Tensor): Population standard deviation of the input.
+        count (int): Input elements per set that were seen.
+        mean (Tensor): Mean of the input, each call weighted the same.
+        std (Tensor): Population standard deviation of that mixture.
         left_bound (Tensor): ``B_L`` (of :meth:`PWLU.valid_range`).
-        right_bound (Tensor): ``B_R`` (of :meth:`PWLU.valid_range`).
-        outside (Tensor): Fraction of the inputs below ``B_L`` or above ``B_R``.
+        right_bound (Tensor): ``B_R``.
+        outside (Tensor): Fraction of the inputs outside ``[B_L, B_R]``, each call weighted
+            the same.
         iou (Tensor): Eq. 7 IoU of ``[B_L, B_R]`` with ``[mean - s * std, mean + s * std]``.
         sigma (float): ``s`` used for ``iou``.
     """
@@ -200,13 +150,12 @@ class LayerAlignment:
 
 
 class _Accumulator:
-    """Per-set sums of one layer: elements, ``n * mean``, ``n * (var + mean^2)``, outside."""
+    """One layer's calls: the moments of each call's input and its fraction outside."""
 
     def __init__(self) -> None:
         self.count = 0  # elements per set (a Python int: the shape is known without a sync)
-        self.sum = None
-        self.sum_sq = None
-        self.outside = None
+        self.moments: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self.outside: List[torch.Tensor] = []
 
     def add(self, layer: PWLU, x: torch.Tensor) -> None:
         if x.numel() == 0:
@@ -225,17 +174,13 @@ class _Accumulator:
                 n = xf.numel()
                 view = (1, ) * xf.dim()
             var, mean = torch.var_mean(xf, dim=dims, correction=0)
-            mean, var = mean.reshape(sets).double(), var.reshape(sets).double()
             left, right = layer.valid_range()
             left = left.detach().to(xf.dtype).reshape(view)
             right = right.detach().to(xf.dtype).reshape(view)
-            outside = ((xf < left) | (xf > right)).sum(dim=dims).reshape(sets).double()
-            if self.sum is None:
-                self.sum, self.sum_sq, self.outside = (torch.zeros_like(mean) for _ in range(3))
+            outside = ((xf < left) | (xf > right)).sum(dim=dims).reshape(sets).double() / n
+            self.moments.append((mean.reshape(sets).double(), var.reshape(sets).double()))
+            self.outside.append(outside)
             self.count += n
-            self.sum += n * mean
-            self.sum_sq += n * (var + mean * mean)
-            self.outside += outside
 
 
 class InputStatistics:
@@ -249,10 +194,9 @@ class InputStatistics:
                 model(batch)
         alignment = stats.results()   # {name: LayerAlignment}
 
-    The hooks only read the input (``valid_range()`` of the layer gives ``B_L``/``B_R`` at the
-    time of each forward); statistics are pooled over all forwards of all batches (a layer called
-    several times per batch, e.g. a head shared by FPN levels, contributes every call). The
-    running sums stay on the input's device until :meth:`results`.
+    The hooks only read the input and ``B_L``/``B_R`` at each forward. A layer's statistics
+    are the mixture of all its calls (over the batches, and the FPN levels of a shared head),
+    each call weighted the same, as the statistics the reset is made from are.
 
     Args:
         layers (dict | Sequence[tuple[str, PWLU]]): The layers to observe, by name.
@@ -330,10 +274,11 @@ class InputStatistics:
                 nan = torch.full((sets, ), float('nan'), dtype=torch.float64)
                 mean = std = outside = iou = nan
             else:
-                mean = acc.sum.cpu() / acc.count
-                var = (acc.sum_sq.cpu() / acc.count - mean * mean).clamp_min(0)
-                std = var.sqrt()
-                outside = acc.outside.cpu() / acc.count
+                # Each call weighs the same, as in the statistics the reset is made from.
+                mean, var, finite, _ = pool_moments([(m.cpu(), v.cpu()) for m, v in acc.moments])
+                mean = torch.where(finite, mean, float('nan'))
+                std = torch.where(finite, var.clamp_min(0).sqrt(), float('nan'))
+                outside = torch.stack(acc.outside).cpu().mean(0)
                 sigma = layer.sigma if self.sigma is None else self.sigma
                 iou = alignment_iou(left, right, mean, std, sigma).double()
             out[name] = LayerAlignment(
@@ -347,16 +292,12 @@ def summarize_stages(alignment: Iterable[LayerAlignment], depth: int = 2
                      ) -> 'OrderedDict[str, Tuple[float, float]]':
     """Mean IoU and fraction of inputs outside ``[B_L, B_R]`` per stage and overall.
 
-    The mean IoU is over every parameter set (channel) of the stage's layers; the fraction
-    outside is over every input element of the stage. Layers that saw no input are skipped.
-
-    Args:
-        alignment (Iterable[LayerAlignment]): Per-layer results of :meth:`InputStatistics.results`.
-        depth (int): See :func:`stage_name`. Defaults to 2.
+    The IoU is the mean over the sets of the stage's layers; the fraction outside weights each
+    layer's by its elements. Layers that saw no input are skipped.
 
     Returns:
         OrderedDict[str, tuple[float, float]]: ``{stage: (mean IoU, fraction outside)}`` in
-        order of first appearance, then ``'all'`` (every layer) last; empty when nothing was seen.
+        order of appearance, then ``'all'``; empty when nothing was seen.
     """
     sums: 'OrderedDict[str, List[float]]' = OrderedDict()
     for res in alignment:

@@ -8,11 +8,12 @@ warning.
 import torch
 
 from ._op import compiled_available, warn_fallback
-from .reference import (guard_range, pwlu_reference, pwlu_reference_,
-                        relu_with_moments_reference)
+from .reference import (guard_range, piece_table, pwlu_from_table, pwlu_reference,
+                        pwlu_reference_, relu_with_moments_reference)
 
 __all__ = ['pwlu', 'pwlu_', 'pwlu_reference', 'guard_range', 'relu_with_moments',
-           'relu_with_moments_reference', 'compiled_available']
+           'relu_with_moments_reference', 'piece_table', 'pwlu_from_table',
+           'compiled_available']
 
 
 def pwlu(x: torch.Tensor, points: torch.Tensor, left_bound: torch.Tensor,

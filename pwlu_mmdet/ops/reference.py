@@ -1,7 +1,9 @@
-"""Pure-PyTorch PWLU: the readable definition the compiled op is tested against.
+"""Pure-PyTorch PWLU: the readable definition the compiled op is tested against, and the
+table form of Sec. 4.3 that exports to ONNX.
 
-It follows docs/method.md (Eq. 1-4) literally; autograd differentiates it with the interval index
-treated as a constant, which yields exactly the gradients of Table 1.
+:func:`pwlu_reference` follows docs/method.md (Eq. 1-4) literally; autograd differentiates it
+with the interval index treated as a constant, which yields exactly the gradients of Table 1.
+:func:`piece_table` and :func:`pwlu_from_table` are the inference form, in standard ops only.
 """
 from typing import Tuple
 
@@ -11,7 +13,8 @@ from ._checks import check_pwlu_args, check_range_eps
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype PWLU computes in: ``x``'s, but float32 for float16 and bfloat16 (as the kernels)."""
+    """The dtype PWLU computes in: ``x``'s, but float32 for float16 and bfloat16 (as the
+    kernels)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -111,3 +114,53 @@ def relu_with_moments_reference(x: torch.Tensor, per_channel: bool = True):
     dims = [d for d in range(x.dim()) if not per_channel or d != 1]
     var, mean = torch.var_mean(x.detach().to(dtype), dim=dims, correction=0)
     return y, mean.reshape(sets), var.reshape(sets)
+
+
+def piece_table(points: torch.Tensor, left_bound: torch.Tensor, right_bound: torch.Tensor,
+                left_slope: torch.Tensor, right_slope: torch.Tensor,
+                range_eps: float = 0.0) -> Tuple[torch.Tensor, ...]:
+    """The Sec. 4.3 form of PWLU parameters: a slope and an intercept per piece.
+
+    Built from the guarded range exactly as the compiled kernels build theirs
+    (``csrc/ops/pwlu_element.h``), in float32 (float64 for float64 parameters).
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor, Tensor]: ``(B_L, N / (B_R - B_L), S, O)``: the left bound
+        and inverse interval width per set, and slopes ``S`` and intercepts ``O`` of shape
+        ``(sets, N + 2)`` (the left piece, the N intervals, the right piece).
+    """
+    n = points.shape[1] - 1
+    dtype = torch.float64 if points.dtype == torch.float64 else torch.float32
+    lb, rb = (t.to(dtype) for t in guard_range(left_bound, right_bound, range_eps))
+    pts = points.to(dtype)
+    ls, rs = left_slope.to(dtype), right_slope.to(dtype)
+    inv_width = n / (rb - lb)
+    step = (rb - lb) / n
+    i = torch.arange(n, device=pts.device, dtype=dtype)
+    inner_slope = (pts[:, 1:] - pts[:, :-1]) * inv_width.unsqueeze(1)
+    demarcation = lb.unsqueeze(1) + i * step.unsqueeze(1)
+    inner_intercept = pts[:, :-1] - demarcation * inner_slope
+    slopes = torch.cat([ls.unsqueeze(1), inner_slope, rs.unsqueeze(1)], dim=1)
+    intercepts = torch.cat([(pts[:, 0] - lb * ls).unsqueeze(1), inner_intercept,
+                            (pts[:, n] - rb * rs).unsqueeze(1)], dim=1)
+    return lb, inv_width, slopes, intercepts
+
+
+def pwlu_from_table(x: torch.Tensor, table: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``y = x * S_j + O_j`` of ``x`` ``(N, C, *)`` on a :func:`piece_table`, standard ops
+    only (exports to plain ONNX)."""
+    lb, inv_width, slopes, intercepts = table
+    sets, pieces = slopes.shape
+    view = (1, sets) + (1, ) * (x.dim() - 2)
+    xc = x.to(slopes.dtype)
+    t = (xc - lb.reshape(view)) * inv_width.reshape(view)
+    t = torch.where(torch.isnan(t), torch.zeros_like(t), t)  # NaN x: entry 0, y stays NaN
+    entry = torch.clamp(torch.floor(t), -1, pieces - 2) + 1  # in [0, N + 1] as in the kernels
+    offset = torch.arange(sets, device=x.device, dtype=entry.dtype) * pieces
+    index = (entry + offset.reshape(view)).long()
+    slope = slopes.reshape(-1)[index]
+    intercept = intercepts.reshape(-1)[index]
+    y = xc * slope + intercept
+    # At x = +-inf with a zero slope the limit is the intercept, not 0 * inf = NaN.
+    y = torch.where(torch.isinf(xc) & (slope == 0), intercept, y)
+    return y.to(x.dtype)

@@ -1,33 +1,16 @@
 """Let mmengine 0.10.7 load its own checkpoints under torch >= 2.6 (``weights_only=True``).
 
-The problem: mmengine calls ``torch.load(filename, map_location=...)`` without
-``weights_only``; since torch 2.6 that means ``weights_only=True``, and the restricted unpickler
-refuses what every mmengine checkpoint holds besides tensors: the ``message_hub``'s
-``HistoryBuffer`` objects (numpy arrays, numpy scalars, bound methods pickled through
-``getattr``) and schedulers' ``collections.Counter`` milestones. ``--resume`` and
-``tools/test.py CHECKPOINT`` then fail.
+mmengine calls ``torch.load`` without ``weights_only``, and torch >= 2.6 then refuses what its
+checkpoints hold besides tensors (``HistoryBuffer`` objects with numpy values and bound methods,
+``collections.Counter`` milestones), so ``--resume`` and testing from a checkpoint fail. While
+mmengine's ``CheckpointLoader.load_checkpoint`` runs, and only then, exactly those globals are
+allowed (``torch.serialization.safe_globals``); ``weights_only`` stays True. ``getattr`` is
+replaced by a stand-in that returns public ``HistoryBuffer`` methods only. docs/training.md
+gives the reasons and the alternatives rejected.
 
-The choice, and why: we keep ``weights_only=True`` and allow exactly the extra globals those
-checkpoints need, and only *while mmengine's* ``CheckpointLoader.load_checkpoint`` runs (every
-mmengine/mmdet loading path -- ``Runner.resume``, ``Runner.load_checkpoint``,
-``load_checkpoint``, ``_load_checkpoint`` for any scheme -- goes through it), using torch's
-``torch.serialization.safe_globals`` context manager. Alternatives rejected:
-
-* ``weights_only=False`` (or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) would allow arbitrary code
-  execution from a malicious checkpoint;
-* a process-wide ``torch.serialization.add_safe_globals`` would widen every other library's
-  ``torch.load`` in the process too.
-
-``builtins.getattr`` itself is NOT allowed (``getattr`` chains reach ``__globals__`` and so
-arbitrary code): a restricted stand-in is registered under that name, which only returns public
-methods of ``HistoryBuffer`` -- what its ``statistics_methods`` pickle to.
-
-A checkpoint needing further globals still fails with torch's error, to which a hint is added.
-
-Nothing is patched when this module is imported. :func:`patch_mmengine_checkpoint_loading` is
-called by ``import pwlu_mmdet.engine`` (what a config's ``custom_imports`` and ``tools/train.py``
-/ ``tools/test.py`` do); :func:`mmengine_checkpoint_globals` allows the globals around any other
-loading code, without a patch.
+Nothing is patched on import: ``import pwlu_mmdet.engine`` calls
+:func:`patch_mmengine_checkpoint_loading`; :func:`mmengine_checkpoint_globals` allows the
+globals around any other loading code.
 """
 import collections
 import contextlib
@@ -45,11 +28,8 @@ __all__ = ['mmengine_safe_globals', 'mmengine_checkpoint_globals',
 
 
 def _history_buffer_getattr(obj: Any, name: str) -> Any:
-    """``getattr`` restricted to public methods of ``HistoryBuffer``.
-
-    ``HistoryBuffer.__getstate__`` stores its statistics methods (``HistoryBuffer.min`` ...),
-    which pickle as ``getattr(HistoryBuffer, 'min')``.
-    """
+    """``getattr`` restricted to public methods of ``HistoryBuffer``: its statistics methods
+    pickle as ``getattr(HistoryBuffer, 'min')``."""
     is_buffer = isinstance(obj, HistoryBuffer) or (isinstance(obj, type)
                                                    and issubclass(obj, HistoryBuffer))
     if is_buffer and isinstance(name, str) and not name.startswith('_'):
@@ -99,10 +79,8 @@ def mmengine_checkpoint_globals() -> Iterator[None]:
 
 
 def patch_mmengine_checkpoint_loading() -> None:
-    """Run mmengine's ``CheckpointLoader.load_checkpoint`` in :func:`mmengine_checkpoint_globals`.
-
-    Idempotent. See the module docstring for why this, and nothing wider.
-    """
+    """Run mmengine's ``CheckpointLoader.load_checkpoint`` in
+    :func:`mmengine_checkpoint_globals` (idempotent)."""
     current = CheckpointLoader.__dict__['load_checkpoint'].__func__
     if getattr(current, '_pwlu_mmdet_patched', False):
         return

@@ -98,6 +98,32 @@ def test_logged_values_hand_computed():
     assert rec.scalars == []
 
 
+def test_alignment_hook_alone_logs_what_pwlu_hook_logs():
+    """The logging is its own hook: configured alone (PWLUHook's log_interval=0) it writes the
+    same scalars at the same steps."""
+    from mmengine.registry import HOOKS
+
+    from pwlu_mmdet.engine import PWLUAlignmentHook
+    assert HOOKS.get('PWLUAlignmentHook') is PWLUAlignmentHook
+    results = []
+    for hooks in ([PWLUHook(realign_iter=100, log_interval=2)],
+                  [PWLUHook(realign_iter=100, log_interval=0), PWLUAlignmentHook(interval=2)]):
+        model = nn.Module()
+        model.a = known_layer([-0.5, 6.0], [2.0, 8.0], num_channels=2)
+        rec = Recorder()
+        runner = SimpleNamespace(model=model, iter=0, epoch=0, visualizer=rec, logger=rec)
+        hooks[0].before_run(runner)
+        for it in range(4):
+            runner.iter = it
+            for hook in hooks:
+                hook.before_train_iter(runner, it)
+            model.a(torch.tensor([[[-1.0, 1, -1, 1], [1, 3, 1, 3]]]) * (1 + it))
+            for hook in hooks:
+                hook.after_train_iter(runner, it)
+        results.append(rec.scalars)
+    assert [s for s, _ in results[0]] == [2, 4] and results[0] == results[1]
+
+
 def _train(tmp_path, name, log_interval):
     torch.manual_seed(0)  # the model is built here, before the runner seeds
     cfg = tiny_runner_cfg(str(tmp_path / name), 6, 2, log_level='INFO',

@@ -179,6 +179,29 @@ def test_constructor_overrides_optimizer_default_decay():
     assert groups[id(model.conv1.weight)]['weight_decay'] == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize('paramwise_cfg', [None, dict(norm_decay_mult=0.)])
+def test_baseline_activations_decayed_as_their_authors_train_them(paramwise_cfg):
+    """PReLU slopes (He et al.) and PAU coefficients (its reference code) get no weight decay;
+    APL's parameters keep the optimizer's (its paper's L2 penalty); custom_keys still win."""
+    from mmengine.optim import build_optim_wrapper
+
+    from pwlu_mmdet.layers import APL, PAU, ChannelPReLU
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), ChannelPReLU(4), torch.nn.PReLU(),
+                                PAU(), APL(4), torch.nn.Conv2d(4, 4, 1), ChannelPReLU(4))
+    cfg = dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-2),
+               constructor='PWLUOptimWrapperConstructor',
+               paramwise_cfg=dict(paramwise_cfg or {}, custom_keys={'6.weight': dict(
+                   decay_mult=0.5)}))
+    groups = _groups_by_param(build_optim_wrapper(model, cfg))
+    for p in (model[1].weight, model[2].weight, model[3].numerator, model[3].denominator):
+        assert groups[id(p)]['weight_decay'] == 0. and groups[id(p)]['lr'] == 0.1
+    for p in (model[4].slopes, model[4].hinges, model[0].weight):
+        assert groups[id(p)]['weight_decay'] == pytest.approx(1e-2)
+    assert groups[id(model[6].weight)]['weight_decay'] == pytest.approx(5e-3)
+    assert len({id(p) for g in groups.values() for p in g['params']}) == len(
+        list(model.parameters()))
+
+
 def test_stock_constructor_without_the_hook_groups_is_refused(tmp_path):
     """The trap: the default constructor skips requires_grad=False parameters; with the hook's
     param groups switched off that is an error, not a silently untrained activation."""

@@ -97,14 +97,26 @@ def test_frelu_batch_norm_and_flat_inputs():
     t = F.conv2d(x, bn.conv.weight, padding=2, groups=4)
     t = F.batch_norm(t, bn.norm.running_mean, bn.norm.running_var, bn.norm.weight, bn.norm.bias)
     torch.testing.assert_close(bn(x), torch.maximum(x, t))
-    # (N, C): a 1 x 1 map, where the window is its centre tap (a per-channel scale), then GN.
-    layer = _randomise(FReLU(8)).double()
-    flat = _x((3, 8))
-    centre = layer.conv.weight.detach()[:, 0, 1, 1]
-    t = _group_norm((flat * centre)[:, :, None, None], 8, layer.norm.weight.detach(),
-                    layer.norm.bias.detach())
-    torch.testing.assert_close(layer(flat), torch.maximum(flat, t.flatten(1)))
-    assert not torch.equal(layer(flat), torch.relu(flat))
+    # (N, C): a 1 x 1 map, where the window is its centre tap (a per-channel scale), then GN's
+    # affine without its statistics: a per-channel funnel, whatever the channels per group
+    # (GN itself would give the constant beta with one channel per group, and mix channels
+    # with several).
+    for groups in (32, 2):
+        layer = _randomise(FReLU(8, norm_cfg=dict(type='GN', num_groups=groups))).double()
+        flat = _x((3, 8))
+        centre = layer.conv.weight.detach()[:, 0, 1, 1]
+        t = flat * centre * layer.norm.weight.detach() + layer.norm.bias.detach()
+        torch.testing.assert_close(layer(flat), torch.maximum(flat, t))
+        other = flat.clone()
+        other[:, 1:] = _x((3, 7), seed=5)  # channel 0 alone keeps its input
+        assert torch.equal(layer(other)[:, 0], layer(flat)[:, 0])
+    # BatchNorm is per channel already: applied to the 1 x 1 map as it is.
+    bn_flat = _randomise(FReLU(4, norm_cfg=dict(type='BN'))).double().eval()
+    bn_flat.norm.running_var.abs_()
+    t = F.batch_norm((flat[:, :4] * bn_flat.conv.weight.detach()[:, 0, 1, 1])[:, :, None, None],
+                     bn_flat.norm.running_mean, bn_flat.norm.running_var, bn_flat.norm.weight,
+                     bn_flat.norm.bias).flatten(1)
+    torch.testing.assert_close(bn_flat(flat[:, :4]), torch.maximum(flat[:, :4], t))
     relu_flat = FReLU(8, flat_input='relu').double()
     assert torch.equal(relu_flat(flat), torch.relu(flat))
     no_norm = _randomise(FReLU(4, norm_cfg=None)).double()
@@ -116,7 +128,14 @@ def test_frelu_batch_norm_and_flat_inputs():
 # ------------------------------------------------------------------------------ initial state
 def test_initial_functions():
     x = _x(scale=3.0, dtype=torch.float32)
-    assert torch.equal(APL(4)(x), torch.relu(x))  # every a_s = 0
+    assert torch.equal(APL(4, init='relu')(x), torch.relu(x))  # every a_s = 0
+    # The APL reference code's initialisation: a ~ U(-0.5/S, 0.5/S), b ~ N(0, 0.5^2).
+    torch.manual_seed(0)
+    apl = APL(4096, num_hinges=2)
+    a, b = apl.slopes.detach(), apl.hinges.detach()
+    assert a.abs().max() <= 0.25 and a.abs().max() > 0.24 and abs(a.mean()) < 0.01
+    assert abs(b.std() - 0.5) < 0.01 and abs(b.mean()) < 0.02
+    assert 'init=reference' in repr(apl)
     assert torch.equal(ChannelPReLU(4)(x), F.prelu(x, torch.tensor([0.25])))
     # PAU starts as the paper's leaky ReLU fit: close on [-3, 3], off only near the kink.
     grid = torch.linspace(-3, 3, 2001, dtype=torch.float64).reshape(1, 1, -1)

@@ -164,6 +164,30 @@ def test_reset_values_eq6(mode):
     assert torch.equal(layer.running_mean, mean)
 
 
+def test_reset_is_relu_outside_a_range_that_excludes_zero():
+    """A channel at N(-2, 0.3) resets to B_R < 0, one at N(2, 0.3) to B_L > 0: outside its
+    range each must follow ReLU from the bound towards 0 (the paper's K_L = 0, K_R = 1 gave
+    0.55 at x = -0.55 and 1.11 at x = 0 for the first, B_L for every x below it for the
+    second)."""
+    layer = PWLU(2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        x = torch.randn(8, 2, 16, generator=g) * 0.3
+        x[:, 0] -= 2
+        x[:, 1] += 2
+        layer(x)
+    layer.realign()
+    (neg_right, pos_left) = layer.right_bound[0].item(), layer.left_bound[1].item()
+    assert -1.2 < neg_right < -1.0 and 1.0 < pos_left < 1.2
+    assert layer.left_slope.tolist() == [0.0, 1.0] and layer.right_slope.tolist() == [0.0, 1.0]
+    x = torch.tensor([[-0.55, 0.5], [0.0, 0.0], [neg_right, pos_left]]).unsqueeze(-1)
+    y = layer(x).detach().squeeze(-1)
+    torch.testing.assert_close(y, torch.relu(x.squeeze(-1)), atol=1e-6, rtol=0)
+    # The ordinary case keeps the paper's slopes.
+    assert PWLU(2).left_slope.tolist() == [0.0, 0.0]
+    assert PWLU(2).right_slope.tolist() == [1.0, 1.0]
+
+
 def test_relu_before_and_almost_relu_after_reset():
     layer = PWLU(3, num_intervals=16)
     x = _input((8, 3, 6, 6), seed=3, scale=3.0)

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
-from helpers import channel_input, known_layer
+from helpers import channel_input, known_layer, normal_input
 
+from pwlu_mmdet import PWLU, statistics_step
 from pwlu_mmdet.layers import InputStatistics, alignment_iou, stage_name, summarize_stages
 
 
@@ -89,3 +90,28 @@ def test_stage_names_and_summary():
     assert summary['all'][0] == pytest.approx((sum(iou_a) + iou_b) / 4, rel=1e-6)
     assert summary['all'][1] == pytest.approx(8 / 16)
     assert list(summarize_stages(stats.results().values(), depth=0)) == ['all']
+
+
+def test_shared_layer_measured_on_the_distribution_it_was_reset_from():
+    """A layer called on three levels of different sizes (as FPN levels), reset from one step
+    (momentum 1): measured on the same calls, its IoU is 1 and its fraction outside is the
+    mean of the levels' fractions. Weighted by elements instead, the finest level would set
+    the measured range and the IoU would be below 1 by construction."""
+    layer = PWLU(3, momentum=1.0)
+    calls = [normal_input(i, (2, 3, 32 >> (2 * i), 32 >> (2 * i)), mean=3.0 * i - 3, std=1 + i)
+             for i in range(3)]
+    with statistics_step(layer):
+        for x in calls:
+            layer(x)
+    layer.realign()
+    stats = InputStatistics({'act': layer})
+    with stats:
+        for x in calls:
+            layer(x)
+    res = stats.results()['act']
+    torch.testing.assert_close(res.iou, torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-5)
+    left, right = (t.detach().double().reshape(1, -1, 1, 1) for t in layer.valid_range())
+    per_call = torch.stack([((x < left) | (x > right)).double().mean(dim=(0, 2, 3))
+                            for x in calls])
+    torch.testing.assert_close(res.outside, per_call.mean(0))
+    assert res.count == sum(x.numel() // 3 for x in calls)

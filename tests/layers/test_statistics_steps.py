@@ -89,6 +89,57 @@ def test_pool_moments_is_the_mixture_with_equal_call_weights():
     assert one[0] is moments[0][0] and one[1] is moments[0][1]
 
 
+def test_pool_moments_weighted_and_non_finite_components():
+    calls = [normal_input(i, (10 * (i + 1), 2, 3), mean=5.0 * i, std=1 + i) for i in range(3)]
+    moments = [tuple(t.reshape(-1).double() for t in reversed(torch.var_mean(
+        x.double(), dim=[0, 2], correction=0))) for x in calls]
+    # Weighted by elements: the moments of all the elements pooled.
+    mean, var, finite, skipped = pool_moments(moments, [x.numel() for x in calls])
+    ref_var, ref_mean = torch.var_mean(torch.cat(calls).double(), dim=[0, 2], correction=0)
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(var, ref_var)
+    # A non-finite component is left out of its set and counted; the weights renormalise.
+    bad = [(m.clone(), v.clone()) for m, v in moments]
+    bad[1][0][0] = float('nan')
+    mean, var, finite, skipped = pool_moments(bad, [1.0, 2.0, 3.0])
+    assert finite.all() and skipped.tolist() == [1, 0]
+    expected = (moments[0][0][0] + 3 * moments[2][0][0]) / 4
+    torch.testing.assert_close(mean[0], expected)
+
+
+def test_ranks_combined_as_an_equal_weight_mixture(monkeypatch):
+    """combine_ranks on two (simulated) ranks: the deviations-form mixture of their running
+    statistics, far from zero too; a rank without statistics for a set is left out."""
+    from pwlu_mmdet.layers import running_stats
+    layers = [PWLU(3), PWLU(3)]
+    for r, layer in enumerate(layers):
+        layer.running_mean.copy_(torch.tensor([1e4 + r, -2.0 * r, 0.5]))
+        layer.running_std.copy_(torch.tensor([1e-2 * (1 + r), 1.0 + r, 2.0]))
+        layer.num_batches_tracked.fill_(5)
+        layer.channel_batches_tracked.copy_(torch.tensor([5, 5, 5 if r == 0 else 0]))
+        layer.channel_batches_skipped.copy_(torch.tensor([0, 0, 0 if r == 0 else 5]))
+    locals_ = []
+    monkeypatch.setattr(running_stats.dist, 'get_world_size', lambda *a: 2)
+    for layer in layers:  # what each rank contributes
+        captured = []
+        monkeypatch.setattr(running_stats.dist, 'all_gather',
+                            lambda out, t, c=captured: c.append(t.clone()))
+        running_stats.combine_ranks(layer, distributed=True)
+        locals_.append(captured[0])
+    monkeypatch.setattr(running_stats.dist, 'all_gather',
+                        lambda out, t: [o.copy_(x) for o, x in zip(out, locals_)])
+    combined = running_stats.combine_ranks(layers[0], distributed=True)
+    means = torch.stack([m.running_mean.double() for m in layers])
+    stds = torch.stack([m.running_std.double() for m in layers])
+    mean = means.mean(0)
+    var = (stds.square() + (means - mean).square()).mean(0)
+    torch.testing.assert_close(combined.mean[:2].double(), mean[:2].float().double())
+    torch.testing.assert_close(combined.std[:2].double(), var[:2].sqrt(), rtol=1e-6, atol=0)
+    assert combined.mean[2].item() == 0.5 and combined.std[2].item() == 2.0  # rank 0 alone
+    assert combined.ranks.tolist() == [2, 2, 1] and combined.layer_ranks == 2
+    assert combined.tracked.tolist() == [10, 10, 5] and combined.skipped.tolist() == [0, 0, 5]
+
+
 @pytest.mark.parametrize('bad', ['inf', 'nan', 'fp16_overflow'])
 def test_non_finite_batch_is_skipped_per_channel(bad, monkeypatch):
     from pwlu_mmdet import ops
@@ -159,6 +210,35 @@ def test_pending_step_is_flushed_by_realign_and_dropped_by_load():
     other(normal_input(2))
     other.load_state_dict(PWLU(3).state_dict())
     assert not other.in_statistics_step
+
+
+def test_nested_statistics_steps_update_once():
+    """A statistics_step() inside an open step (the one PWLUHook opens around the iteration)
+    is part of it: the inner exit must not close the outer step, so the calls after it still
+    pool into the one update of the outer step."""
+    layer = PWLU(3)
+    with statistics_step(layer):
+        layer(normal_input(0, mean=-4.0))
+        with statistics_step(layer):
+            layer(normal_input(1, mean=0.0))
+        assert layer.in_statistics_step and layer.num_batches_tracked.item() == 0
+        layer(normal_input(2, mean=4.0))
+        assert layer.num_batches_tracked.item() == 0
+    assert not layer.in_statistics_step and layer.num_batches_tracked.item() == 1
+    flat = PWLU(3)
+    with statistics_step(flat):
+        for i, mean in enumerate((-4.0, 0.0, 4.0)):
+            flat(normal_input(i, mean=mean))
+    assert torch.equal(layer.running_mean, flat.running_mean)
+    assert torch.equal(layer.running_std, flat.running_std)
+    # realign() closes a nested step whatever its depth; its calls count.
+    layer.begin_statistics_step()
+    layer.begin_statistics_step()
+    layer(normal_input(3))
+    layer.realign()
+    assert not layer.in_statistics_step and layer.num_batches_tracked.item() == 2
+    layer.end_statistics_step()  # the hook's end after the switch: nothing left to close
+    assert layer.num_batches_tracked.item() == 2
 
 
 def test_state_dict_without_the_new_counters_loads():
