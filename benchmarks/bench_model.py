@@ -45,12 +45,16 @@ def build_steps(args, activation: str):
     from mmdet.testing import demo_mm_inputs
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
+    from mmengine.logging import MMLogger
     from mmengine.registry import MODELS
 
     import pwlu_mmdet.models  # noqa: F401  (registers the components)
     from pwlu_mmdet.layers import realign_model
 
     register_all_modules()
+    # The current logger for mmengine's messages: warnings only, so that the optimizer
+    # constructor's line per parameter does not bury the table in the output.
+    MMLogger.get_instance('bench_model', log_level='WARNING')
     torch.manual_seed(0)
     device = torch.device(args.device)
     cfg = Config.fromfile(args.config)
