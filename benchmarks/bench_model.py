@@ -52,9 +52,6 @@ def build_steps(args, activation: str):
     from pwlu_mmdet.layers import realign_model
 
     register_all_modules()
-    # The current logger for mmengine's messages: warnings only, so that the optimizer
-    # constructor's line per parameter does not bury the table in the output.
-    MMLogger.get_instance('bench_model', log_level='WARNING')
     torch.manual_seed(0)
     device = torch.device(args.device)
     cfg = Config.fromfile(args.config)
@@ -77,7 +74,15 @@ def build_steps(args, activation: str):
     from mmengine.optim import build_optim_wrapper
     optim_cfg = copy.deepcopy(cfg.optim_wrapper)
     optim_cfg.optimizer.lr = 1e-6
-    optim_wrapper = build_optim_wrapper(model, optim_cfg)
+    # Warnings only while the optimizer is built: its constructor logs a line per parameter,
+    # which would bury the table in the output.
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('WARNING')
+    try:
+        optim_wrapper = build_optim_wrapper(model, optim_cfg)
+    finally:
+        logger.setLevel(level)
 
     def train_step():
         model.train()
