@@ -8,8 +8,10 @@ the config's optimizer wrapper (forward, backward, optimizer step, zero_grad), `
 ``model.test_step``. The subprocesses run in ``--rounds`` rounds,
 each starting with another activation, and each time is the median over rounds of the
 per-process medians, so that a machine whose speed drifts (shared CPUs) shifts every activation
-alike. ``--interleaved`` instead builds every model in this process and alternates their steps
-(ReLU, Swish, PWLU, ReLU, ...), the steadiest ratio on a noisy machine, without memory figures.
+alike. ``--interleaved`` instead builds every model in this process and times their steps by the
+rule of every benchmark here (benchmarks/timing.py: interleaved rounds, each starting with
+another activation; x ReLU is the median of per-round ratios), the steadiest ratio on a noisy
+machine, without memory figures.
 
 Example:
     python benchmarks/bench_model.py \\
@@ -26,7 +28,9 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import interleaved_times, median_ratios, wall_ms, wall_timer  # noqa: E402
 
 ACTIVATIONS = ('ReLU', 'Swish', 'PWLU')
 
@@ -35,12 +39,13 @@ def build_steps(args, activation: str):
     """The model of one activation (PWLU realigned: phase II) and its timed steps.
 
     Returns:
-        tuple: ``(model, train_step, infer_step, sync)``.
+        tuple: ``(model, train_step, infer_step)``.
     """
     import torch
     from mmdet.testing import demo_mm_inputs
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
+    from mmengine.logging import MMLogger
     from mmengine.registry import MODELS
 
     import pwlu_mmdet.models  # noqa: F401  (registers the components)
@@ -69,11 +74,15 @@ def build_steps(args, activation: str):
     from mmengine.optim import build_optim_wrapper
     optim_cfg = copy.deepcopy(cfg.optim_wrapper)
     optim_cfg.optimizer.lr = 1e-6
-    optim_wrapper = build_optim_wrapper(model, optim_cfg)
-
-    def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
+    # Warnings only while the optimizer is built: its constructor logs a line per parameter,
+    # which would bury the table in the output.
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('WARNING')
+    try:
+        optim_wrapper = build_optim_wrapper(model, optim_cfg)
+    finally:
+        logger.setLevel(level)
 
     def train_step():
         model.train()
@@ -84,34 +93,26 @@ def build_steps(args, activation: str):
         with torch.no_grad():
             model.test_step(packed)
 
-    return model, train_step, infer_step, sync
+    return model, train_step, infer_step
 
 
 def _count_pwlu(model) -> int:
     return sum(type(m).__name__ == 'PWLU' for m in model.modules())
 
 
-def timed_ms(fn, sync) -> float:
-    """Wall time of one step in milliseconds, the device synchronised."""
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def measure(args) -> dict:
     """Runs in the child process: one activation, returns its timings and peak memory."""
     import torch
     device = torch.device(args.device)
-    model, train_step, infer_step, sync = build_steps(args, args.activation)
+    model, train_step, infer_step = build_steps(args, args.activation)
     results = {}
     for name, fn in (('train', train_step), ('inference', infer_step)):
         for _ in range(args.warmup):
             fn()
-        sync()
         if device.type == 'cuda':
+            torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        times = [timed_ms(fn, sync) for _ in range(args.repeat)]
+        times = [wall_ms(fn, device) for _ in range(args.repeat)]
         results[f'{name}_ms'] = statistics.median(times)
         if device.type == 'cuda':
             results[f'{name}_peak_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -122,36 +123,16 @@ def measure(args) -> dict:
     return results
 
 
-def interleaved_times(fns: dict, sync, repeat: int, warmup: int) -> dict:
-    """Times (ms) of ``repeat`` calls of every function in ``fns``, interleaved: each round
-    calls all of them once, starting with another one each round, so that drift in the
-    machine's speed hits each alike. Returns ``{name: [ms, ...]}`` in round order."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times = {name: [] for name in names}
-    for i in range(repeat):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            times[name].append(timed_ms(fns[name], sync))
-    return times
-
-
-def median_ratios(times: dict, base: str = 'ReLU') -> dict:
-    """Per name: ``(median ms, median of the per-round ratios to base)``; per-round ratios
-    cancel the drift between rounds (this VM's speed moves by 10-20% within a minute)."""
-    return {name: (statistics.median(t), statistics.median(a / b for a, b in zip(t, times[base])))
-            for name, t in times.items()}
-
-
 def measure_interleaved(args, activations) -> dict:
-    """All activations in this process, their steps interleaved (:func:`interleaved_times`);
+    """All activations in this process, their steps interleaved (timing.interleaved_times);
     no memory figures. Ratios are medians of per-round ratios to ReLU's step of the same round."""
+    import torch
     steps = {act: build_steps(args, act) for act in activations}
     results = {act: {} for act in activations}
+    timer = wall_timer(torch.device(args.device))
     for name, index in (('train', 1), ('inference', 2)):
-        times = interleaved_times({act: steps[act][index] for act in activations},
-                                  steps['ReLU'][3], args.repeat, args.warmup)
+        times = interleaved_times({act: steps[act][index] for act in activations}, timer,
+                                  args.repeat, args.warmup)
         for act, (ms, ratio) in median_ratios(times).items():
             results[act][f'{name}_ms'] = ms
             results[act][f'{name}_ratio'] = ratio

@@ -1,7 +1,8 @@
 """Benchmark of the PWLU op against ReLU and SiLU: forward, forward+backward and phase I.
 
-Every implementation runs side by side in one process on the same input; times are medians and
-ratios are to ReLU's time in the same mode.
+Every implementation runs side by side in one process on the same input, interleaved
+(benchmarks/timing.py); times are medians, and ratios are medians of the per-round ratios to
+ReLU's time in the same mode.
 
 Example:
     python benchmarks/bench_op.py --shape 8 256 64 64 --device cpu --dtype float32
@@ -9,16 +10,20 @@ Example:
     python benchmarks/bench_op.py --device cuda --suite gpu --profile   # kernel by kernel
 """
 import argparse
+import os
 import platform
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 
-from pwlu_mmdet.ops import compiled_available, pwlu, pwlu_, pwlu_reference
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import (cuda_event_timer, interleaved_times, median_ratio,  # noqa: E402
+                    synchronize, wall_timer)
+
+from pwlu_mmdet.ops import compiled_available, pwlu, pwlu_, pwlu_reference  # noqa: E402
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16,
           'float64': torch.float64}
@@ -35,62 +40,6 @@ def make_params(channels: int, num_intervals: int, device, dtype=torch.float32):
     ls = torch.full((channels, ), 0.01)
     rs = torch.ones(channels)
     return [t.to(device=device, dtype=dtype).contiguous() for t in (points, lb, rb, ls, rs)]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def time_once(fn: Callable[[], None], device: torch.device, calls: int = 1) -> float:
-    """Time of one call in ms: wall time on a CPU; on a GPU, CUDA events around ``calls``
-    back-to-back calls, divided by ``calls``. Several calls let the host queue the next launches
-    while the GPU runs, as in a training step; events around a single call would time the
-    host's launch latency as well, which on a fast GPU is most of a small op."""
-    if device.type == 'cuda':
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / calls
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
-# GPU batches: back-to-back calls of one callable, enough for this many ms of GPU time.
-GPU_BATCH_MS = 2.0
-MAX_GPU_BATCH = 200
-
-
-def gpu_batch_size(fn: Callable[[], None], device: torch.device) -> int:
-    """Calls per timed GPU batch, from one timed call."""
-    one = time_once(fn, device)
-    return max(1, min(MAX_GPU_BATCH, int(GPU_BATCH_MS / max(one, 1e-3))))
-
-
-def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, repeat: int,
-                     warmup: int) -> Dict[str, float]:
-    """Median time (ms) of every callable, measured round-robin so that a noisy machine slows
-    all of them alike and the ratios stay meaningful."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    synchronize(device)
-    calls = {name: gpu_batch_size(fn, device) if device.type == 'cuda' else 1
-             for name, fn in fns.items()}
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            times[name].append(time_once(fn, device, calls[name]))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def time_fn(fn: Callable[[], None], device: torch.device, repeat: int, warmup: int) -> float:
-    """Median time (ms) of one callable."""
-    return time_interleaved({'fn': fn}, device, repeat, warmup)['fn']
 
 
 # Tensor-sized memory traffic of each mode at the bandwidth limit: the forward reads x and writes
@@ -175,15 +124,16 @@ def run(args) -> List[dict]:
     x, cases = make_cases(args)
     fns = {(name, mode): fn for name, modes in cases.items() for mode, fn in modes.items()}
     fns[('copy (x.clone)', 'read+write')] = lambda: x.clone()
-    times = time_interleaved(fns, device, args.repeat, args.warmup)
-    rows = [dict(impl=name, mode=mode, ms=ms) for (name, mode), ms in times.items()]
-    relu = {r['mode']: r['ms'] for r in rows if r['impl'] == 'ReLU'}
+    timer = cuda_event_timer(device) if device.type == 'cuda' else wall_timer(device)
+    times = interleaved_times(fns, timer, args.repeat, args.warmup)
     nbytes = x.numel() * x.element_size()
-    for r in rows:
+    rows = []
+    for (name, mode), t in times.items():
         # phase I is compared with ReLU in the same mode, the copy with ReLU's forward
-        base = r['mode'].replace('phase I ', '').replace('read+write', 'forward')
-        r['ratio'] = r['ms'] / relu[base]
-        r['gbps'] = BYTES_MOVED[r['mode']] * nbytes / r['ms'] / 1e6
+        base = mode.replace('phase I ', '').replace('read+write', 'forward')
+        ms = statistics.median(t)
+        rows.append(dict(impl=name, mode=mode, ms=ms, ratio=median_ratio(t, times[('ReLU', base)]),
+                         gbps=BYTES_MOVED[mode] * nbytes / ms / 1e6))
     return rows
 
 
@@ -238,7 +188,8 @@ def format_table(rows: List[dict], args) -> str:
     head = (f'{table_head(args)}, median of {args.repeat}, torch {torch.__version__}, '
             f'{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}')
     copy_gbps = next(r['gbps'] for r in rows if r['mode'] == 'read+write')
-    lines = [head, '', 'phase I rows are compared with ReLU\'s forward / forward+backward.', '', '| implementation | mode | ms | x ReLU | GB/s | % of copy GB/s |',
+    lines = [head, '', 'phase I rows are compared with ReLU\'s forward / forward+backward.', '',
+             '| implementation | mode | ms | x ReLU | GB/s | % of copy GB/s |',
              '|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['impl']} | {r['mode']} | {r['ms']:.3f} | {r['ratio']:.2f} | "

@@ -3,9 +3,9 @@ ReLU, Swish, PWLU, FReLU, APL and PAU at every activation site, as ratios to ReL
 
 One process builds a 224 x 224 ImageNet ResNet-18 classifier per activation (this project's
 ``ActResNet`` with a global-pool + fc head; without MMDetection, the same network in torch only,
-see ``benchmarks/resnet.py``) and times them interleaved (each round runs every model
-once, starting with another one), as ``benchmarks/bench_model.py --interleaved`` does. ``x ReLU`` is
-the median of per-round ratios. PWLU is realigned first (phase II, the expensive phase). FReLU
+see ``benchmarks/resnet.py``) and times them interleaved (each round runs every model once,
+starting with another one: benchmarks/timing.py, the rule of every benchmark here). ``x ReLU``
+is the median of per-round ratios. PWLU is realigned first (phase II, the expensive phase). FReLU
 uses BatchNorm here, the Funnel paper's classification form, as the rest of the network does.
 ``inference`` is a forward under ``torch.no_grad()`` in eval mode; ``train`` is forward,
 cross-entropy, backward and an SGD step.
@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_model import interleaved_times, median_ratios  # noqa: E402
 from resnet import build_resnet_classifier, mmdet_available  # noqa: E402
+from timing import interleaved_times, median_ratios, wall_timer  # noqa: E402
 
 from pwlu_mmdet.layers import find_pwlu_layers, realign_model  # noqa: E402
 from pwlu_mmdet.ops import compiled_available  # noqa: E402
@@ -94,17 +94,12 @@ def run(args) -> dict:
     labels = torch.randint(0, 1000, (args.batch_size, ), generator=g).to(device)
     names = ['ReLU'] + [a for a in args.acts if a != 'ReLU']
     steps = {name: make_steps(build_model(name, args, batch), batch, labels) for name in names}
-
-    def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-
     results = {}
     for mode, index in (('inference', 0), ('train', 1)):
         if mode not in args.modes:
             continue
-        times = interleaved_times({n: steps[n][index] for n in names}, sync, args.repeat,
-                                  args.warmup)
+        times = interleaved_times({n: steps[n][index] for n in names}, wall_timer(device),
+                                  args.repeat, args.warmup)
         results[mode] = median_ratios(times)
     return results
 

@@ -7,6 +7,10 @@ compiles here is what users build), and reports nvcc's errors. A CPU-only torch 
 
 Example:
     python tools/check_cuda_compile.py --arch 80 90
+    python tools/check_cuda_compile.py --arch 90 --ptx ptx_out   # also keep each source's PTX
+
+The PTX shows whether a change to the CUDA sources changed the code the GPU runs: a pure move
+or rename gives the same PTX up to symbol names.
 """
 import argparse
 import glob
@@ -32,10 +36,11 @@ def extension_nvcc_flags():
     return list(COMMON_NVCC_FLAGS)
 
 
-def compile_command(nvcc, source, arch, includes, output):
-    cmd = [nvcc, '-c', source, '-o', output, '-std=c++17', '-O3', *extension_nvcc_flags(),
-           f'-gencode=arch=compute_{arch},code=sm_{arch}', '-DWITH_CUDA',
-           '-D_GLIBCXX_USE_CXX11_ABI=1', '-Xcompiler', '-fPIC']
+def compile_command(nvcc, source, arch, includes, output, ptx=False):
+    target = ['-ptx', f'-arch=compute_{arch}'] if ptx else [
+        '-c', f'-gencode=arch=compute_{arch},code=sm_{arch}']
+    cmd = [nvcc, *target, source, '-o', output, '-std=c++17', '-O3', *extension_nvcc_flags(),
+           '-DWITH_CUDA', '-D_GLIBCXX_USE_CXX11_ABI=1', '-Xcompiler', '-fPIC']
     for inc in includes:
         cmd += ['-I', inc]
     return cmd
@@ -46,6 +51,8 @@ def main(argv=None):
     parser.add_argument('--arch', nargs='+', default=['80', '90'],
                         help='compute capabilities without the dot (default: 80 90)')
     parser.add_argument('--nvcc', default=shutil.which('nvcc'), help='nvcc to use')
+    parser.add_argument('--ptx', metavar='DIR',
+                        help='also write the PTX of every source and architecture into DIR')
     args = parser.parse_args(argv)
     if not args.nvcc:
         print('nvcc not found', file=sys.stderr)
@@ -69,8 +76,13 @@ def main(argv=None):
                 if proc.returncode != 0:
                     failed += 1
                     print(f'FAIL {name} sm_{arch}\n{proc.stdout}{proc.stderr}')
-                else:
-                    print(f'ok   {name} sm_{arch}')
+                    continue
+                print(f'ok   {name} sm_{arch}')
+                if args.ptx:
+                    os.makedirs(args.ptx, exist_ok=True)
+                    ptx = os.path.join(args.ptx, f'{os.path.basename(source)}.sm{arch}.ptx')
+                    cmd = compile_command(args.nvcc, source, arch, includes, ptx, ptx=True)
+                    subprocess.run(cmd, check=True, capture_output=True)
     return 1 if failed else 0
 
 

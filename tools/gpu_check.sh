@@ -72,9 +72,11 @@ if [ "${MODELS:-0}" = 1 ]; then
   with_ops=()
   PYTHONPATH=$ROOT$SITE $PY -c "import mmdet; import mmcv._ext" 2>/dev/null \
     || with_ops=(tools/misc/mmcv_ops_from_torchvision.py)
+  # The tables go to the .md files, the libraries' warnings and any traceback to the .log files.
   log "Table 4: ResNet-18, 224 x 224"
   PYTHONPATH=$ROOT$SITE timeout 300 $PY "${with_ops[@]}" benchmarks/bench_table4.py --device cuda \
-    --batch-size 64 --repeat 50 2>&1 | tee "$OUT/table4.md" | tail -12
+    --batch-size 64 --repeat 50 2> "$OUT/table4.log" | tee "$OUT/table4.md" | tail -12 \
+    || { log "TABLE 4 FAILED"; tail -5 "$OUT/table4.log"; }
   if PYTHONPATH=$ROOT$SITE $PY -c "import mmdet" 2>/dev/null; then
     : > "$OUT/models.md"
     for spec in "configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py 128 128 8" \
@@ -83,7 +85,8 @@ if [ "${MODELS:-0}" = 1 ]; then
       log "bench_model $config"
       PYTHONPATH=$ROOT$SITE timeout 300 $PY "${with_ops[@]}" benchmarks/bench_model.py "$config" \
         --device cuda --interleaved --image-size "$h" "$w" --batch-size "$batch" --repeat 20 \
-        --warmup 5 2>&1 | tee -a "$OUT/models.md" | tail -8
+        --warmup 5 2>> "$OUT/models.log" | tee -a "$OUT/models.md" | tail -8 \
+        || { log "BENCH_MODEL FAILED"; tail -5 "$OUT/models.log"; }
     done
   else
     log "mmdet not importable: no bench_model numbers"

@@ -2,7 +2,7 @@
 """Test (and evaluate) a detector: MMDetection's ``tools/test.py`` with the pwlu-mmdet plugin
 registered. With a COCO evaluator (``CocoMetric``) it prints COCO bbox (and segm) AP computed by
 pycocotools; ``--metrics-out`` also writes the metrics as JSON (input of
-``tools/analysis/report.py``).
+``tools/analysis/table3.py``).
 
 Example::
 

@@ -1,5 +1,5 @@
-// Mean and sum of squared deviations of a run of values, and their exact combination (Chan et
-// al.), shared by the statistics kernels. Combining per-piece (count, mean, M2) triples instead
+// Mean and sum of squared deviations of a chunk of values, and their exact combination (Chan et
+// al.), shared by the statistics kernels. Combining per-chunk (count, mean, M2) triples instead
 // of summing x and x^2 keeps the variance accurate when |mean| >> std.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Host-side pieces of a pwlu call shared by the CPU and CUDA backends: argument checks, memory
+// Host-side parts of a pwlu call shared by the CPU and CUDA backends: argument checks, memory
 // layout, parameter preparation and the packing of parameter gradients.
 // Messages match pwlu_mmdet/ops/_checks.py so both implementations fail alike.
 #pragma once

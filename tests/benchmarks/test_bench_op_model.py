@@ -1,9 +1,28 @@
 """Smoke tests of benchmarks/bench_op.py and bench_model.py: they run, measure every case and
-compute their ratios."""
+compute their ratios; and the timing rule they share (benchmarks/timing.py)."""
 import pytest
 from helpers import SYNTHETIC_PWLU_CONFIG, load_script
 
 from pwlu_mmdet.ops import compiled_available
+
+
+def test_timing_rounds_start_with_another_callable_and_ratios_are_per_round():
+    timing = load_script('benchmarks/timing.py')
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ('a', 'b', 'c')}
+    ms = {'a': iter([1.0, 2.0, 4.0]), 'b': iter([2.0, 2.0, 2.0]), 'c': iter([3.0, 3.0, 12.0])}
+    name_of = {fn: name for name, fn in fns.items()}
+
+    def timer(fn):
+        return lambda: (fn(), next(ms[name_of[fn]]))[1]
+
+    times = timing.interleaved_times(fns, timer, repeat=3, warmup=1)
+    assert calls == ['a', 'b', 'c'] + ['a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b']
+    assert times == {'a': [1.0, 2.0, 4.0], 'b': [2.0, 2.0, 2.0], 'c': [3.0, 3.0, 12.0]}
+    ratios = timing.median_ratios(times, base='a')
+    # c is 3x a in two rounds of three: 3, the median of the per-round ratios, where the ratio
+    # of the medians would say 1.5
+    assert ratios == {'a': (2.0, 1.0), 'b': (2.0, 1.0), 'c': (3.0, 3.0)}
 
 
 @pytest.mark.skipif(not compiled_available(), reason='needs the compiled op')

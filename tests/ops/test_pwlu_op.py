@@ -389,8 +389,8 @@ class TestRangeGuard:
     @pytest.mark.parametrize('case', ['map', 'channels_last', 'rows', 'row_tiles', 'layer'])
     def test_range_guard_matches_reference(self, device, dtype, case):
         """range_eps: the op widens collapsed, flipped and too narrow ranges as the reference's
-        guard_range does, on every path (runs, interleaved rows, 16 x 16 row tiles, layer-wise), and
-        a clamped B_R passes its gradient on to B_L."""
+        guard_range does, on every path (planes, interleaved rows, 16 x 16 row tiles,
+        layer-wise), and a clamped B_R passes its gradient on to B_L."""
         shape = {'map': (2, 6, 5, 7), 'channels_last': (2, 37, 3, 5), 'rows': (9, 37),
                  'row_tiles': (48, 70), 'layer': (2, 6, 5, 7)}[case]
         params, kinds = guarded_params(1 if case == 'layer' else shape[1], device, dtype)
@@ -454,7 +454,7 @@ class TestInplace:
     @pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'noncontiguous'])
     @pytest.mark.parametrize('shape', [(2, 37, 5, 7), (40, 37, 1, 1)], ids=['map', 'rows'])
     def test_inplace_matches_pwlu(self, device, dtype, layout, shape):
-        """pwlu_ writes pwlu(x) into x (infinities included, on every path: runs, rows, row tiles,
+        """pwlu_ writes pwlu(x) into x (infinities included, on every path: planes, rows, row tiles,
         and the copy for strided x) and bumps x's version."""
         x = make_input(shape, dtype, device, layout)
         x[::2, ::3] = float('-inf')
@@ -565,8 +565,8 @@ class TestKernelPaths:
                              ids=['7x7', 'tail_1', 'tail_5'])
     def test_short_planes_all_gradients(self, device, dtype, shape):
         """Planes shorter than 16 elements or with a tail (RoI maps): masked vector tails, and
-        per-channel planes packed into shared histogram pieces (48 x 49 and 300 x 5 elements per
-        channel fill more than one 1024-element piece)."""
+        per-channel planes packed into shared histogram chunks (48 x 49 and 300 x 5 elements per
+        channel fill more than one 1024-element chunk)."""
         x = make_input(shape, dtype, device)
         params = make_params(shape[1], 16, dtype=torch.float32, device=device)
         check_op_against_reference(x, params, *TOL[dtype],

@@ -68,8 +68,8 @@ def test_wide_rows(device, dtype, shape):
 @pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float64])
 def test_short_planes(device, dtype):
-    """7 x 7 planes (RoI maps), packed into pieces of whole planes: 200 planes per channel make
-    three pieces, combined in order; mean 2 so that a lost piece shows."""
+    """7 x 7 planes (RoI maps), packed into chunks of whole planes: 200 planes per channel make
+    three chunks, combined in order; mean 2 so that a lost chunk shows."""
     x = make_x((200, 3, 7, 7), dtype, device, 'contiguous', mean=2.0)
     y, mean, var = relu_with_moments(x, True)
     assert torch.equal(y, torch.relu(x))

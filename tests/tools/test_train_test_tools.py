@@ -18,7 +18,7 @@ from pwlu_mmdet.datasets import generate_synthetic_coco  # noqa: E402
 
 CONFIG = SYNTHETIC_PWLU_CONFIG
 quickstart = load_script('tools/quickstart.py')
-report = load_script('tools/analysis/report.py')
+table3 = load_script('tools/analysis/table3.py')
 
 
 def run_command(cmd, env=None):
@@ -192,7 +192,7 @@ def _write(path, metrics, config=None):
     return str(path)
 
 
-def test_report_table(tmp_path):
+def test_table3_table(tmp_path):
     runs = [
         _write(tmp_path / 'a.json', {'coco/bbox_mAP': 0.391, 'coco/segm_mAP': 0.352},
                'configs/mask_rcnn/mask-rcnn_r50-scratch_fpn_gn-all-relu_3x_coco.py'),
@@ -207,7 +207,7 @@ def test_report_table(tmp_path):
     scalars = tmp_path / 'scalars.json'
     scalars.write_text('{"loss": 1.0, "iter": 10}\n{"coco/bbox_mAP": 0.383, "iter": 20}\n')
     runs.append('retinanet:pwlu=' + str(scalars))
-    table = report.main([*runs, '--out', str(tmp_path / 'table.md')])
+    table = table3.main([*runs, '--out', str(tmp_path / 'table.md')])
     rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
             for line in table.splitlines()[2:]}
     assert list(rows) == ['ReLU', 'Swish', 'F-ReLU', 'PWLU']
@@ -219,17 +219,17 @@ def test_report_table(tmp_path):
 
 
 @pytest.mark.parametrize('run_name', ['unknown.json', 'yolo:pwlu=x.json'])
-def test_report_rejects_unknown_runs(tmp_path, run_name):
+def test_table3_rejects_unknown_runs(tmp_path, run_name):
     path = _write(tmp_path / 'x.json', {'coco/bbox_mAP': 0.3})
     arg = run_name.replace('x.json', path) if '=' in run_name else path
     with pytest.raises(SystemExit):
-        report.main([arg])
+        table3.main([arg])
 
 
-def test_report_rejects_duplicates(tmp_path):
+def test_table3_rejects_duplicates(tmp_path):
     a = _write(tmp_path / 'a.json', {'coco/bbox_mAP': 0.3})
     with pytest.raises(SystemExit, match='two results'):
-        report.main([f'retinanet:relu={a}', f'retinanet:ReLU={a}'])
+        table3.main([f'retinanet:relu={a}', f'retinanet:ReLU={a}'])
 
 
 def test_shell_launchers_exist_and_use_torchrun():

@@ -1,4 +1,4 @@
-// The one place that decides whether a CPU loop takes an AVX-512 path (avx512_runs.h,
+// The one place that decides whether a CPU loop takes an AVX-512 path (avx512_planes.h,
 // avx512_rows.h, avx512_tiles.h) or leaves its elements to the generic loops (pwlu_loops.h).
 //
 // An AVX-512 path runs where all of these hold:
@@ -16,8 +16,8 @@
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define PWLU_HAVE_AVX512_PATH 1
+#include "avx512_planes.h"
 #include "avx512_rows.h"
-#include "avx512_runs.h"
 #include "avx512_tiles.h"
 #endif
 

@@ -14,7 +14,7 @@ namespace avx512 {
 
 // Tiles avoid the row path's gathers, which are slow: the tile is transposed in registers so that
 // a register holds 16 rows of one channel, whose (slope, intercept) table then sits in registers
-// as a run's does (forward16, lookup). Tables: per channel of the tile (channel 0 at the tile's
+// as a plane's does (forward16, lookup). Tables: per channel of the tile (channel 0 at the tile's
 // x) ranges[c], slopes_of(c) and intercepts_of(c), 32 readable entries each (GroupTables in
 // pwlu_row_tiles.h).
 

@@ -1,7 +1,8 @@
-// AVX-512 building blocks shared by the run, row and tile paths (avx512_runs.h, avx512_rows.h,
-// avx512_tiles.h): a set's (slope, intercept) table held in two registers, the piece look-up of
-// 16 elements, float <-> bfloat16 conversion and the histogram addends. The arithmetic is that
-// of pwlu_element.h written with intrinsics; the tests compare every path against the reference.
+// AVX-512 building blocks shared by the plane, row and tile paths (avx512_planes.h,
+// avx512_rows.h, avx512_tiles.h): a set's (slope, intercept) table held in two registers, the
+// piece look-up of 16 elements, float <-> bfloat16 conversion and the histogram addends. The
+// arithmetic is that of pwlu_element.h written with intrinsics; the tests compare every path
+// against the reference.
 // Included through avx512.h, which decides where these paths run.
 #pragma once
 

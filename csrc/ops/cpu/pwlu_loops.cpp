@@ -1,7 +1,7 @@
-// The generic element loops of pwlu_loops.h. They are branch-free (pwlu_element.h) and compiled
-// twice, for AVX2 and for the baseline ISA, with the better one picked at load time
-// (cpu_clones.h), so that the table look-ups vectorise as gathers. The templates hold the code;
-// the cloned functions at the end instantiate them for every dtype.
+// The generic element loops of pwlu_loops.h (namespace generic). They are branch-free
+// (pwlu_element.h) and compiled twice, for AVX2 and for the baseline ISA, with the better one
+// picked at load time (cpu_clones.h), so that the table look-ups vectorise as gathers. The
+// templates hold the code; the cloned functions at the end instantiate them for every dtype.
 #include "pwlu_loops.h"
 
 #include "../pwlu_element.h"
@@ -13,13 +13,13 @@ namespace cpu {
 
 namespace {
 
-// A run of `len` elements of one parameter set, with forward_value_finite; returns whether an
-// output needs forward_value's infinity handling.
+// A plane of `len` elements, with forward_value_finite; returns whether an output needs
+// forward_value's infinity handling.
 template <typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE bool forward_run_impl(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                                        int64_t len, acc_t lb, acc_t inv, int n,
-                                        const acc_t* __restrict__ slopes,
-                                        const acc_t* __restrict__ intercepts) {
+C10_ALWAYS_INLINE bool forward_plane_impl(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                          int64_t len, acc_t lb, acc_t inv, int n,
+                                          const acc_t* __restrict__ slopes,
+                                          const acc_t* __restrict__ intercepts) {
   int suspect = 0;
   for (int64_t k = 0; k < len; ++k) {
     const acc_t v =
@@ -30,13 +30,13 @@ C10_ALWAYS_INLINE bool forward_run_impl(const scalar_t* __restrict__ x, scalar_t
   return suspect != 0;
 }
 
-// A run computed with forward_value in one pass, for the in-place op (pwlu_), where y is x and a
+// A plane computed with forward_value in one pass, for the in-place op (pwlu_), where y is x and a
 // second pass (fix_infinities) could no longer read x. No __restrict__: x and y may be one array.
 template <typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE void forward_run_exact_impl(const scalar_t* x, scalar_t* y, int64_t len,
-                                              acc_t lb, acc_t inv, int n,
-                                              const acc_t* __restrict__ slopes,
-                                              const acc_t* __restrict__ intercepts) {
+C10_ALWAYS_INLINE void forward_plane_exact_impl(const scalar_t* x, scalar_t* y, int64_t len,
+                                                acc_t lb, acc_t inv, int n,
+                                                const acc_t* __restrict__ slopes,
+                                                const acc_t* __restrict__ intercepts) {
   for (int64_t k = 0; k < len; ++k) {
     y[k] = from_acc<scalar_t, acc_t>(
         forward_value(static_cast<acc_t>(x[k]), lb, inv, n, slopes, intercepts));
@@ -55,12 +55,12 @@ C10_ALWAYS_INLINE void forward_row_impl(const scalar_t* x, scalar_t* y, int64_t 
   }
 }
 
-// grad_x = g * S_j for a run of one set.
+// grad_x = g * S_j for a plane.
 template <typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE void input_grad_run_impl(const scalar_t* __restrict__ g,
-                                           const scalar_t* __restrict__ x,
-                                           scalar_t* __restrict__ gx, int64_t len, acc_t lb,
-                                           acc_t inv, int n, const acc_t* __restrict__ slopes) {
+C10_ALWAYS_INLINE void input_grad_plane_impl(const scalar_t* __restrict__ g,
+                                             const scalar_t* __restrict__ x,
+                                             scalar_t* __restrict__ gx, int64_t len, acc_t lb,
+                                             acc_t inv, int n, const acc_t* __restrict__ slopes) {
   for (int64_t k = 0; k < len; ++k) {
     const int j = table_entry(interval_coordinate(static_cast<acc_t>(x[k]), lb, inv), n);
     gx[k] = from_acc<scalar_t, acc_t>(static_cast<acc_t>(g[k]) * slopes[j]);
@@ -82,13 +82,13 @@ C10_ALWAYS_INLINE void input_grad_row_impl(const scalar_t* __restrict__ g,
   }
 }
 
-// Prepass of a run of one set: slot = 2 j.
+// Prepass of a plane: slot = 2 j.
 template <typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE void prepass_run_impl(const scalar_t* __restrict__ g,
-                                        const scalar_t* __restrict__ x,
-                                        scalar_t* __restrict__ gx, int64_t len, acc_t lb,
-                                        acc_t inv, int n, const acc_t* __restrict__ slopes,
-                                        int32_t* __restrict__ slot, acc_t* __restrict__ pairs) {
+C10_ALWAYS_INLINE void prepass_plane_impl(const scalar_t* __restrict__ g,
+                                          const scalar_t* __restrict__ x,
+                                          scalar_t* __restrict__ gx, int64_t len, acc_t lb,
+                                          acc_t inv, int n, const acc_t* __restrict__ slopes,
+                                          int32_t* __restrict__ slot, acc_t* __restrict__ pairs) {
   for (int64_t k = 0; k < len; ++k) {
     const acc_t gv = static_cast<acc_t>(g[k]);
     const acc_t t = interval_coordinate(static_cast<acc_t>(x[k]), lb, inv);
@@ -125,41 +125,46 @@ C10_ALWAYS_INLINE void prepass_row_impl(const scalar_t* __restrict__ g,
 
 }  // namespace
 
-#define PWLU_DEFINE_CLONED_LOOPS(scalar_t, acc_t)                                               \
-  PWLU_CPU_CLONES bool forward_run(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb,     \
-                                   acc_t inv, int n, const acc_t* s, const acc_t* o) {          \
-    return forward_run_impl<scalar_t, acc_t>(x, y, len, lb, inv, n, s, o);                      \
-  }                                                                                             \
-  PWLU_CPU_CLONES void forward_run_exact(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb, \
-                                         acc_t inv, int n, const acc_t* s, const acc_t* o) {    \
-    forward_run_exact_impl<scalar_t, acc_t>(x, y, len, lb, inv, n, s, o);                       \
-  }                                                                                             \
-  PWLU_CPU_CLONES void forward_row(const scalar_t* x, scalar_t* y, int64_t channels,           \
-                                   const RowView<acc_t>& p) {                                   \
-    forward_row_impl<scalar_t, acc_t>(x, y, channels, p);                                       \
-  }                                                                                             \
-  PWLU_CPU_CLONES void input_grad_run(const scalar_t* g, const scalar_t* x, scalar_t* gx,      \
-                                      int64_t len, acc_t lb, acc_t inv, int n,                  \
-                                      const acc_t* s) {                                         \
-    input_grad_run_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s);                         \
-  }                                                                                             \
-  PWLU_CPU_CLONES void input_grad_row(const scalar_t* g, const scalar_t* x, scalar_t* gx,      \
-                                      int64_t channels, const RowView<acc_t>& p) {              \
-    input_grad_row_impl<scalar_t, acc_t>(g, x, gx, channels, p);                                \
-  }                                                                                             \
-  PWLU_CPU_CLONES void prepass_run(const scalar_t* g, const scalar_t* x, scalar_t* gx,         \
-                                   int64_t len, acc_t lb, acc_t inv, int n, const acc_t* s,     \
-                                   int32_t* slot, acc_t* pairs) {                               \
-    prepass_run_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s, slot, pairs);               \
-  }                                                                                             \
-  PWLU_CPU_CLONES void prepass_row(const scalar_t* g, const scalar_t* x, scalar_t* gx,         \
-                                   int64_t channels, int64_t first, const RowView<acc_t>& p,    \
-                                   int32_t* slot, acc_t* pairs) {                               \
-    prepass_row_impl<scalar_t, acc_t>(g, x, gx, channels, first, p, slot, pairs);               \
+namespace generic {
+
+#define PWLU_DEFINE_CLONED_LOOPS(scalar_t, acc_t)                                                  \
+  PWLU_CPU_CLONES bool forward_plane(const scalar_t* x, scalar_t* y, int64_t len, acc_t lb,        \
+                                     acc_t inv, int n, const acc_t* s, const acc_t* o) {           \
+    return forward_plane_impl<scalar_t, acc_t>(x, y, len, lb, inv, n, s, o);                       \
+  }                                                                                                \
+  PWLU_CPU_CLONES void forward_plane_exact(const scalar_t* x, scalar_t* y, int64_t len,            \
+                                           acc_t lb, acc_t inv, int n, const acc_t* s,             \
+                                           const acc_t* o) {                                       \
+    forward_plane_exact_impl<scalar_t, acc_t>(x, y, len, lb, inv, n, s, o);                        \
+  }                                                                                                \
+  PWLU_CPU_CLONES void forward_row(const scalar_t* x, scalar_t* y, int64_t channels,               \
+                                   const RowView<acc_t>& p) {                                      \
+    forward_row_impl<scalar_t, acc_t>(x, y, channels, p);                                          \
+  }                                                                                                \
+  PWLU_CPU_CLONES void input_grad_plane(const scalar_t* g, const scalar_t* x, scalar_t* gx,        \
+                                        int64_t len, acc_t lb, acc_t inv, int n,                   \
+                                        const acc_t* s) {                                          \
+    input_grad_plane_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s);                          \
+  }                                                                                                \
+  PWLU_CPU_CLONES void input_grad_row(const scalar_t* g, const scalar_t* x, scalar_t* gx,          \
+                                      int64_t channels, const RowView<acc_t>& p) {                 \
+    input_grad_row_impl<scalar_t, acc_t>(g, x, gx, channels, p);                                   \
+  }                                                                                                \
+  PWLU_CPU_CLONES void prepass_plane(const scalar_t* g, const scalar_t* x, scalar_t* gx,           \
+                                     int64_t len, acc_t lb, acc_t inv, int n, const acc_t* s,      \
+                                     int32_t* slot, acc_t* pairs) {                                \
+    prepass_plane_impl<scalar_t, acc_t>(g, x, gx, len, lb, inv, n, s, slot, pairs);                \
+  }                                                                                                \
+  PWLU_CPU_CLONES void prepass_row(const scalar_t* g, const scalar_t* x, scalar_t* gx,             \
+                                   int64_t channels, int64_t first, const RowView<acc_t>& p,       \
+                                   int32_t* slot, acc_t* pairs) {                                  \
+    prepass_row_impl<scalar_t, acc_t>(g, x, gx, channels, first, p, slot, pairs);                  \
   }
 
 PWLU_FOR_EACH_DTYPE(PWLU_DEFINE_CLONED_LOOPS)
 #undef PWLU_DEFINE_CLONED_LOOPS
+
+}  // namespace generic
 
 }  // namespace cpu
 }  // namespace ops

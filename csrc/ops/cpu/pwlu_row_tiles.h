@@ -49,7 +49,7 @@ struct GroupTables {
   // A task's tables, or none where the tile path is unavailable or it has fewer than 16 rows.
   static std::unique_ptr<GroupTables> for_task(bool tiles, int64_t rows,
                                                const RowView<acc_t>& group, int64_t count) {
-    if (!tiles || rows < 16) return nullptr;
+    if (!tiles || rows < kTileRows) return nullptr;
     return std::make_unique<GroupTables>(group, count);
   }
 };
@@ -61,10 +61,10 @@ template <typename Tile, typename Row>
 void rows_of_group(int64_t first, int64_t last, int64_t count, bool tiles, const Tile& tile,
                    const Row& row) {
   int64_t r = first;
-  for (; tiles && r + 16 <= last; r += 16) {
+  for (; tiles && r + kTileRows <= last; r += kTileRows) {
     const int64_t done = tile(r);
     if (done < count) {
-      for (int64_t i = 0; i < 16; ++i) row(r + i, done);
+      for (int64_t i = 0; i < kTileRows; ++i) row(r + i, done);
     }
   }
   for (; r < last; ++r) row(r, 0);

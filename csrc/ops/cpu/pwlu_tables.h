@@ -1,5 +1,5 @@
 // The parameters in the forms the loops read, built once per call: per-set (slope, intercept)
-// tables for runs of one set (CpuTables), and per-channel ranges for interleaved rows (CpuRows,
+// tables for planes (CpuTables), and per-channel ranges for interleaved rows (CpuRows,
 // read through RowView, pwlu_loops.h), which use the point form instead of tables.
 #pragma once
 
@@ -40,7 +40,11 @@ void build_padded_table(const acc_t* points, const PwluRange<acc_t>& r, acc_t le
   std::fill(intercepts + r.num_intervals + 2, intercepts + entries, acc_t(0));
 }
 
-// Per-set geometry and (slope, intercept) tables of the run paths, built once per call.
+// Sets per task of the table build: a table is little work (N + 2 entries), so a task takes
+// many.
+constexpr int64_t kTableGrain = 256;
+
+// Per-set geometry and (slope, intercept) tables of the plane paths, built once per call.
 template <typename acc_t>
 struct CpuTables {
   std::vector<PwluRange<acc_t>> ranges;
@@ -59,7 +63,7 @@ struct CpuTables {
     const acc_t* rs = p.right_slope.data_ptr<acc_t>();
     slopes.reset(new acc_t[p.num_sets * entries]);
     intercepts.reset(new acc_t[p.num_sets * entries]);
-    at::parallel_for(0, p.num_sets, 256, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, p.num_sets, kTableGrain, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         ranges[s] = p.range<acc_t>(lb[s], rb[s]);
         build_padded_table(points + s * (n + 1), ranges[s], ls[s], rs[s], entries,
@@ -67,7 +71,7 @@ struct CpuTables {
       }
     });
   }
-  bool shared() const { return ranges.size() == 1; }
+  bool layer_wise() const { return ranges.size() == 1; }
   const acc_t* slopes_of(int64_t s) const { return slopes.get() + s * entries; }
   const acc_t* intercepts_of(int64_t s) const { return intercepts.get() + s * entries; }
 };
@@ -102,8 +106,8 @@ struct CpuRows {
   }
 };
 
-// Whether x is processed as runs of one set (tables) rather than interleaved rows (point form).
-inline bool uses_runs(const PwluLayout& layout, const PwluParams& p) {
+// Whether x is processed as planes (tables) rather than interleaved rows (point form).
+inline bool uses_planes(const PwluLayout& layout, const PwluParams& p) {
   return p.num_sets == 1 || layout.inner > 1;
 }
 

@@ -1,7 +1,7 @@
-// AVX-512 path of runs of one parameter set (contiguous planes, or a layer-wise tensor as one
-// run): forward, input gradient and backward prepass, 16 elements per step with the set's table
-// in registers (avx512_vectors.h). Each returns the number of leading elements it did; the
-// generic loops (pwlu_loops.h) finish the rest. Included through avx512.h.
+// AVX-512 path of planes (consecutive elements of one parameter set: a channel's map, or a
+// layer-wise tensor as one plane): forward, input gradient and backward prepass, 16 elements per
+// step with the set's table in registers (avx512_vectors.h). Each returns the number of leading
+// elements it did; the generic loops (pwlu_loops.h) finish the rest. Included through avx512.h.
 #pragma once
 
 #include <cstdint>
@@ -14,11 +14,11 @@ namespace ops {
 namespace cpu {
 namespace avx512 {
 
-// Runs end with a tail of len % 16 elements. float runs do it with masked loads and stores
-// (AVX-512F; masked-out lanes are neither read nor written), so that short runs, such as the
-// 49-element planes of a 7 x 7 RoI map, spend no large share of their time in a scalar tail.
-// bfloat16 runs leave the tail to the generic loop (masked 16-bit moves need AVX-512BW).
-// The elements of a run of len that the vector loop does:
+// Planes end with a tail of len % 16 elements. float planes do it with masked loads and stores
+// (AVX-512F; masked-out lanes are neither read nor written), so that short planes, such as the
+// 49 elements of a 7 x 7 RoI map, spend no large share of their time in a scalar tail.
+// bfloat16 planes leave the tail to the generic loop (masked 16-bit moves need AVX-512BW).
+// The elements of a plane of len that the vector loop does:
 template <typename scalar_t>
 inline int64_t vector_end(int64_t len) {
   return std::is_same<scalar_t, float>::value ? len : len / 16 * 16;
@@ -44,13 +44,13 @@ __attribute__((target("avx512f"))) inline void store(c10::BFloat16* p, __m512 v,
   store_bf16(p, v);
 }
 
-// Forward of a run; returns the number of leading elements done (all of a float run, a multiple
-// of 16 of a bfloat16 one): the caller finishes the rest with the generic loop.
+// Forward of a plane; returns the number of leading elements done (all of a float plane, a
+// multiple of 16 of a bfloat16 one): the caller finishes the rest with the generic loop.
 template <typename scalar_t>
-__attribute__((target("avx512f"))) int64_t forward_run(const scalar_t* x, scalar_t* y,
-                                                       int64_t len, float lb, float inv, int n,
-                                                       const float* slopes,
-                                                       const float* intercepts) {
+__attribute__((target("avx512f"))) int64_t forward_plane(const scalar_t* x, scalar_t* y,
+                                                         int64_t len, float lb, float inv, int n,
+                                                         const float* slopes,
+                                                         const float* intercepts) {
   const Table s = load_table(slopes);
   const Table o = load_table(intercepts);
   const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
@@ -63,12 +63,12 @@ __attribute__((target("avx512f"))) int64_t forward_run(const scalar_t* x, scalar
   return end;
 }
 
-// grad_x = g * S_j of a run; returns the number of leading elements done.
+// grad_x = g * S_j of a plane; returns the number of leading elements done.
 template <typename scalar_t>
-__attribute__((target("avx512f"))) int64_t input_grad_run(const scalar_t* g, const scalar_t* x,
-                                                          scalar_t* gx, int64_t len, float lb,
-                                                          float inv, int n,
-                                                          const float* slopes) {
+__attribute__((target("avx512f"))) int64_t input_grad_plane(const scalar_t* g, const scalar_t* x,
+                                                            scalar_t* gx, int64_t len, float lb,
+                                                            float inv, int n,
+                                                            const float* slopes) {
   const Table s = load_table(slopes);
   const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
   const __m512 vn = _mm512_set1_ps(static_cast<float>(n));
@@ -81,14 +81,14 @@ __attribute__((target("avx512f"))) int64_t input_grad_run(const scalar_t* g, con
   return end;
 }
 
-// Prepass of a run (see prepass_run_impl in pwlu_loops.cpp): grad_x = g * S_j, and per
+// Prepass of a plane (see prepass_plane_impl in pwlu_loops.cpp): grad_x = g * S_j, and per
 // element its histogram slot 2 j and addends g and g * (t - base_j). Returns the number of
 // leading elements done.
 template <typename scalar_t>
-__attribute__((target("avx512f"))) int64_t prepass_run(const scalar_t* g, const scalar_t* x,
-                                                       scalar_t* gx, int64_t len, float lb,
-                                                       float inv, int n, const float* slopes,
-                                                       int32_t* slot, float* pairs) {
+__attribute__((target("avx512f"))) int64_t prepass_plane(const scalar_t* g, const scalar_t* x,
+                                                         scalar_t* gx, int64_t len, float lb,
+                                                         float inv, int n, const float* slopes,
+                                                         int32_t* slot, float* pairs) {
   const Table s = load_table(slopes);
   const __m512 vlb = _mm512_set1_ps(lb), vinv = _mm512_set1_ps(inv);
   const __m512 vn = _mm512_set1_ps(static_cast<float>(n));

@@ -9,8 +9,8 @@ run explicitly with ``DET:ACT=FILE`` (DET: ``mask-rcnn`` or ``retinanet``).
 
 Example::
 
-    python tools/analysis/report.py work_dirs/*/metrics.json --out table3.md
-    python tools/analysis/report.py mask-rcnn:pwlu=results/mrcnn_pwlu.json
+    python tools/analysis/table3.py work_dirs/*/metrics.json --out table3.md
+    python tools/analysis/table3.py mask-rcnn:pwlu=results/mrcnn_pwlu.json
 """
 import argparse
 import json
@@ -18,7 +18,8 @@ import os.path as osp
 import re
 import sys
 
-# The paper's Table 3 (docs/method.md): COCO val2017 AP (%), ResNet-50-FPN GN, from scratch, 3x schedule.
+# The paper's Table 3 (docs/method.md): COCO val2017 AP (%), ResNet-50-FPN GN, from scratch,
+# 3x schedule.
 PAPER = {
     'ReLU': dict(box=39.06, mask=35.3, retina=37.06),
     'Swish': dict(box=40.05, mask=36.1, retina=37.82),
@@ -118,7 +119,7 @@ def main(argv=None):
     try:
         table = format_table(collect(args.runs))
     except (ValueError, OSError) as err:
-        sys.exit(f'report: {err}')
+        sys.exit(f'table3: {err}')
     print(table)
     if args.out:
         with open(args.out, 'w') as f:
