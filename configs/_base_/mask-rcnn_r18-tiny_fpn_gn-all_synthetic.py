@@ -4,11 +4,9 @@
 # iterations; PWLU variants realign after `pwlu_realign_iter` iterations.
 _base_ = [
     './models/mask-rcnn_r50-scratch_fpn_gn-all.py', './synthetic_shapes_instance.py',
-    'mmdet::_base_/default_runtime.py'
+    './schedules/synthetic_400.py', 'mmdet::_base_/default_runtime.py'
 ]
 
-max_iters = 400
-pwlu_realign_iter = 100
 num_classes = 4
 norm_cfg = dict(type='GN', num_groups=8, requires_grad=True)
 model = dict(
@@ -37,34 +35,11 @@ model = dict(
         rpn=dict(nms_pre=300, max_per_img=50),
         rcnn=dict(max_per_img=20)))
 
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_iters,
-        by_epoch=False,
-        milestones=[int(max_iters * 0.8)],
-        gamma=0.1)
-]
-optim_wrapper = dict(
-    type='OptimWrapper',
-    constructor='PWLUOptimWrapperConstructor',
-    optimizer=dict(type='SGD', lr=0.04, momentum=0.9, weight_decay=1e-4),
-    paramwise_cfg=dict(norm_decay_mult=0., pwlu_decay_mult=0.))
-auto_scale_lr = dict(enable=False, base_batch_size=4)
-
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval={{_base_.max_iters}}),
     visualization=dict(type='DetVisualizationHook'))
 log_processor = dict(by_epoch=False, window_size=20)
-# PWLU phase switch (a no-op for the other activations). To move it from the command line use
-# `--cfg-options custom_hooks.0.realign_iter=N`.
-custom_hooks = [dict(type='PWLUHook', realign_iter=pwlu_realign_iter)]
 # A fixed seed (initialisation, sampling order, augmentation): the quick start gives the same
 # numbers on every run on the same machine (CPU kernels, this op's sums included, are
 # deterministic for a given thread count). `--cfg-options randomness.seed=N` tries another seed.
