@@ -99,3 +99,30 @@ def test_two_processes_then_resume(data_root, tmp_path):
     assert f'realigned {SITES} PWLU layers at iter 2' in log
     state = torch.load(str(tmp_path / 'resumed' / 'iter_4.pth'), weights_only=False)
     assert 'rpn_head.act1.points' in state['state_dict']
+
+
+def test_the_readme_config_lines(tmp_path):
+    """The README's config for any detector, as written there, builds the converted model
+    and its optimizer (PWLU parameters in groups of their own, without weight decay)."""
+    with open(osp.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    start = readme.index("```python\n_base_ = 'mmdet::fcos/") + len('```python\n')
+    config = tmp_path / 'fcos_pwlu.py'
+    config.write_text(readme[start:readme.index('```', start)])
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import MODELS, DefaultScope
+
+    from pwlu_mmdet import PWLU
+    cfg = Config.fromfile(str(config))
+    assert cfg.custom_hooks[0].type == 'PWLUHook'
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(cfg.model)
+        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    layers = [m for m in model.modules() if isinstance(m, PWLU)]
+    assert len(layers) == 48
+    pwlu_params = {id(p) for m in layers for p in m.parameters()}
+    groups = [g for g in optim_wrapper.optimizer.param_groups
+              if any(id(p) in pwlu_params for p in g['params'])]
+    assert groups and all(g['weight_decay'] == 0 for g in groups)
+    assert all(id(p) in pwlu_params for g in groups for p in g['params'])
