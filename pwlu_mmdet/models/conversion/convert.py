@@ -49,9 +49,7 @@ class _Plan:
 
     def stock_path(self, paths: Dict[int, str]) -> str:
         """Where the stock activation is: its module, or the module that calls the function."""
-        call = self.site.first
-        return paths.get(id(call.module), self.owner_path) if call.module is not None else (
-            self.owner_path)
+        return paths.get(id(self.site.first.module), self.owner_path)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -83,20 +81,14 @@ def _site_error(site: Site, problem: str, path: str = '') -> _SiteError:
                       f"Exclude the site (exclude=['{path}']) to keep it stock.")
 
 
-class _Numbering:
-    """The static number and use count of each activation call, per owner (cached)."""
-
-    def __init__(self) -> None:
-        self.tables: Dict[int, dict] = {}
-
-    def __call__(self, call) -> Tuple[Optional[int], int]:
-        if id(call.owner) not in self.tables:
-            attrs = frozenset(n for n, m in call.owner._modules.items()
-                              if m is not None and is_activation_module(m))
-            self.tables[id(call.owner)] = numbered_calls(type(call.owner), attrs)
-        table = self.tables[id(call.owner)]
-        number, key = table.get((call.code.co_filename, call.position), (None, None))
-        return number, sum(1 for _, k in table.values() if k == key)
+def _numbering(call) -> Tuple[Optional[int], int]:
+    """The call's static number in its owner's class, and how many calls there use the same
+    module attribute or function (the table is cached per class and attribute set)."""
+    attrs = frozenset(n for n, m in call.owner._modules.items()
+                      if m is not None and is_activation_module(m))
+    table = numbered_calls(type(call.owner), attrs)
+    number, key = table.get((call.code.co_filename, call.position), (None, None))
+    return number, sum(1 for _, k in table.values() if k == key)
 
 
 def _method(call) -> Optional[MethodRef]:
@@ -105,12 +97,12 @@ def _method(call) -> Optional[MethodRef]:
     return find_method(type(call.owner), call.code)
 
 
-def _plan_site(site: Site, method: Optional[MethodRef], module_uses: int, numbering: _Numbering,
+def _plan_site(site: Site, method: Optional[MethodRef], module_uses: int,
                paths: Dict[int, str], names: dict) -> _Plan:
     call = site.first
     where = paths.get(id(call.module)) or paths.get(id(call.owner), '')
     table = names.get(method.cls.__name__, {}) if method is not None else {}
-    number, static_uses = numbering(call) if method is not None else (None, 1)
+    number, static_uses = _numbering(call) if method is not None else (None, 1)
     if call.module is not None and module_uses == 1 and site.count == 1 and static_uses <= 1:
         # A module used once: replaced where it is, unless a name is asked for.
         path = paths.get(id(call.module))
@@ -147,12 +139,11 @@ def _plan(model: nn.Module, sites: List[Site], names: Dict[str, Dict[str, Option
     module_uses = defaultdict(int)
     for site in sites:
         module_uses[id(site.first.module)] += site.first.module is not None
-    numbering = _Numbering()
     plans = []
     for site in sites:
         try:
             plans.append(_plan_site(site, _method(site.first), module_uses[id(site.first.module)],
-                                    numbering, paths, names))
+                                    paths, names))
         except _SiteError as error:
             plans.append(_Plan(site, 'unknown', paths.get(id(site.first.owner), ''), None, None,
                                None, error=str(error)))

@@ -10,6 +10,7 @@ frozen stages, ``init_weights``) stays the stock class's.
 """
 import ast
 import copy
+import functools
 import inspect
 import sys
 from types import CodeType, FunctionType
@@ -146,6 +147,7 @@ def _activation_call_key(node: ast.Call, self_name: str, module_attrs: frozenset
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def numbered_calls(owner_type: type, module_attrs: frozenset
                    ) -> Dict[Tuple[str, Position], Tuple[int, str]]:
     """The activation calls in the methods of ``owner_type`` and its bases, numbered from 1.
@@ -281,7 +283,8 @@ def rewrite_method(method: MethodRef, replacements: Dict[Position, Tuple[str, st
     if missing:
         raise LookupError(f'{method.filename}: calls at {sorted(missing)} are not in '
                           f'{method.cls.__name__}.{method.name}')
-    # Map the copied nodes back to their ids in the copy: _Rewriter records functions by id.
+    # _InsertLoopInits finds the functions by the ids _Rewriter recorded: NodeTransformer keeps
+    # the function nodes it visits, so the ids still hold.
     node = rewriter.visit(node)
     node = _InsertLoopInits(rewriter.loop_inits).visit(node)
     # Defined inside a factory whose parameter ``__class__`` makes zero-argument super() work.
