@@ -149,7 +149,7 @@ def _schedulers_of(param_schedulers) -> List:
         return [s for value in param_schedulers.values() for s in _schedulers_of(value)]
     if isinstance(param_schedulers, (list, tuple)):
         return [s for value in param_schedulers for s in _schedulers_of(value)]
-    return [param_schedulers] if hasattr(param_schedulers, 'base_values') else []
+    return [param_schedulers] if hasattr(param_schedulers, 'param_name') else []
 
 
 def add_pwlu_param_groups(optim_wrapper: OptimWrapper, model: nn.Module,
@@ -189,6 +189,8 @@ def add_pwlu_param_groups(optim_wrapper: OptimWrapper, model: nn.Module,
         by_template.setdefault(id(template), (template, []))[1].append(p)
     schedulers = [s for s in _schedulers_of(param_schedulers)
                   if s.optimizer in (optimizer, optim_wrapper)]
+    views = [list(s.optimizer.param_groups) for s in schedulers]
+    templates = {}
     for template, params in by_template.values():
         moved = {id(p) for p in params}
         template['params'] = [q for q in template['params'] if id(q) not in moved]
@@ -197,16 +199,44 @@ def add_pwlu_param_groups(optim_wrapper: OptimWrapper, model: nn.Module,
             group[key] = group[key] * lr_mult
         group['weight_decay'] = optimizer.defaults.get('weight_decay', 0.) * decay_mult
         optimizer.add_param_group(dict(group, params=params))
-        for scheduler in schedulers:
-            # mmengine has no API to add a group to a built scheduler. ``initial_<name>`` is
-            # what it reads a group's base value from (and checks on resume); base_values is
-            # that list, read by the schedulers that are not chainable. The other state is
-            # recomputed from the groups at every step.
-            name = scheduler.param_name
-            group = optimizer.param_groups[-1]
-            group.setdefault(f'initial_{name}', group[name])
-            scheduler.base_values.append(group[f'initial_{name}'])
+        templates[id(optimizer.param_groups[-1])] = template
+    for scheduler, view in zip(schedulers, views):
+        _add_groups_to_scheduler(scheduler, view, templates)
     return sum(len(params) for _, params in by_template.values())
+
+
+# What a built mmengine scheduler holds per param group: the base value of every scheduler
+# and ReduceOnPlateau's floor. The rest of its state is per scheduler, or read from the groups
+# themselves (``initial_<name>``, OneCycle's phase values), which the new groups copy.
+PER_GROUP_STATE = ('base_values', 'min_values')
+
+
+def _add_groups_to_scheduler(scheduler, view: List[dict], templates: dict) -> None:
+    """Give a built scheduler the groups added to its optimizer since it saw ``view``.
+
+    mmengine has no API to add a group to a built scheduler; its state dict is the interface
+    through which resume sets that state. Per-group entries follow the scheduler's own order
+    of groups: an ``OptimWrapper`` of several groups lists its base settings last, after the
+    new groups. A new group's base value is its ``initial_<name>``; its other entries are its
+    template's.
+    """
+    name = scheduler.param_name
+    index = {id(group): i for i, group in enumerate(view)}
+    state = scheduler.state_dict()
+    for key in PER_GROUP_STATE:
+        values = state.get(key)
+        if not isinstance(values, list) or len(values) != len(view):
+            continue
+        aligned = []
+        for group in scheduler.optimizer.param_groups:
+            if id(group) in index:
+                aligned.append(values[index[id(group)]])
+            elif key == 'base_values':
+                aligned.append(group.setdefault(f'initial_{name}', group[name]))
+            else:
+                aligned.append(values[index[id(templates[id(group)])]])
+        state[key] = aligned
+    scheduler.load_state_dict(state)
 
 
 def setup_pwlu_optimizer(runner, add_param_groups: bool = True, decay_mult: float = 0.,
