@@ -4,7 +4,7 @@ Per family: the site count; the stock activation converted into per-site modules
 state_dict keys and the outputs bit-identical; PWLU loads the stock weights with only its own
 keys missing and, in phase I, gives the stock ReLU model's outputs to the bit; after conversion
 no activation runs outside the new layers but the kept ones; one training step on CPU with
-small images in phase I and one in phase II.
+small images in phase I and one in phase II. A few converted families under ``torch.compile``.
 """
 import os.path as osp
 
@@ -21,7 +21,7 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 
 import pwlu_mmdet.models  # noqa: E402,F401
-from pwlu_mmdet.layers import PWLU, realign_model  # noqa: E402
+from pwlu_mmdet.layers import PWLU, find_pwlu_layers, realign_model  # noqa: E402
 from pwlu_mmdet.models import convert_activations  # noqa: E402
 from pwlu_mmdet.models.conversion.sites import trace_activations  # noqa: E402
 
@@ -170,3 +170,73 @@ def test_stock_detector(family):
     train_step(model, with_mask)  # phase II: the op at every site, channels-last ones included
     grads = [m.points.grad for m in layers.values()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+# torch.compile with the aot_eager backend: dynamo's trace and AOTAutograd's joint graph through
+# the op's fake kernels and registered autograd, without inductor's code generation (minutes on
+# a 2-core CPU, and the op's own compiled tests are in tests/ops).
+# A rewritten Bottleneck with a shared ReLU (ResNet), SiLU modules in CSP blocks (YOLOX), and
+# token sites with channel_axis=-1 (Swin).
+COMPILED_FAMILIES = ['faster-rcnn_r50', 'yolox-s', 'mask-rcnn_swin-t']
+STATE = ('running_mean', 'running_std', 'channel_batches_tracked')
+
+
+def _features(model, images):
+    return [f for f in model.extract_feat(images)]
+
+
+def _step(fn, model, images):
+    """Sum of the features' means, backward; returns the outputs and every PWLU gradient."""
+    model.zero_grad()
+    torch.manual_seed(3)  # the same drop paths (Swin) in both runs
+    images = images.clone().requires_grad_(True)
+    feats = fn(images)
+    sum(f.float().mean() for f in feats).backward()
+    grads = [m.points.grad for _, m in find_pwlu_layers(model)]
+    return [f.detach() for f in feats], grads, images.grad
+
+
+def _phase_one_state(model):
+    return [getattr(m, name).clone() for _, m in find_pwlu_layers(model) for name in STATE]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', COMPILED_FAMILIES)
+def test_converted_detector_compiles_fullgraph(family):
+    torch._dynamo.reset()
+    model = build(FAMILIES[family][0])
+    convert_activations(model, dict(type='PWLU'))
+    model.train()
+    torch.manual_seed(2)
+    images = torch.randn(2, 3, SIZE, SIZE)
+    compiled = torch.compile(lambda x: _features(model, x), backend='aot_eager', fullgraph=True)
+
+    # Phase I: ReLU forward; the statistics each layer collects are the eager ones.
+    eager_model_state = {k: v.clone() for k, v in model.state_dict().items()}
+    eager, _, eager_grad = _step(lambda x: _features(model, x), model, images)
+    eager_state = _phase_one_state(model)
+    model.load_state_dict(eager_model_state)
+    got, _, got_grad = _step(compiled, model, images)
+    assert len(got) == len(eager)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(got_grad, eager_grad)
+    for a, b in zip(_phase_one_state(model), eager_state):
+        torch.testing.assert_close(a, b)
+    assert any(m.channel_batches_tracked.sum() > 0 for _, m in find_pwlu_layers(model))
+
+    # Phase II: the op at every site, its gradients through the registered autograd.
+    realign_model(model)
+    torch._dynamo.reset()  # the phase is a Python attribute of each layer: a new graph
+    eager, eager_points, eager_grad = _step(lambda x: _features(model, x), model, images)
+    got, got_points, got_grad = _step(compiled, model, images)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(got_grad, eager_grad)
+    # The backbone's and neck's layers have gradients (the heads' are not run).
+    assert [g is None for g in got_points] == [g is None for g in eager_points]
+    assert any(g is not None for g in got_points)
+    for a, b in zip(got_points, eager_points):
+        if b is not None:
+            torch.testing.assert_close(a, b)
+    assert any(isinstance(m, PWLU) for m in model.modules())
