@@ -50,6 +50,8 @@ FAMILIES = {
     'faster-rcnn_regnetx-3.2gf': ('regnet/faster-rcnn_regnetx-3.2GF_fpn_1x_coco.py', 79, 72, True),
     'faster-rcnn_hrnetv2p-w32': ('hrnet/faster-rcnn_hrnetv2p-w32-1x_coco.py', 271, 271, True),
     'mask-rcnn_swin-t': ('swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', 20, 20, False),
+    # Its mask features' activation feeds only the dynamic convs of post-processing (predict).
+    'solov2_r50': ('solov2/solov2_r50_fpn_1x_coco.py', 65, 55, True),
 }
 SIZE = 64
 
@@ -164,7 +166,7 @@ def test_stock_detector(family):
                                                                data['data_samples']))
     assert {f'{c.code.co_filename}:{c.position[0]}' for c in calls} <= kept_sources(report)
 
-    with_mask = 'mask' in config
+    with_mask = 'mask' in config or 'solo' in config
     train_step(model, with_mask)  # phase I: ReLU with statistics
     realign_model(model)
     train_step(model, with_mask)  # phase II: the op at every site, channels-last ones included

@@ -1,10 +1,10 @@
 """``convert_activations``: every hidden activation site of a built model gets its own layer.
 
-How it works (docs/models.md): one small forward finds the sites (:mod:`.sites`); a site that is
-a module called once is replaced where it is; a module called at several lines or in a loop over
-different layers, and a functional call, get new modules on the module whose method makes the
-call, and that method is rewritten to call them (:mod:`.rewrite`). Output clamps (an activation
-whose output no layer consumes) and frozen layers keep their stock activation.
+How it works (docs/models.md): small traced forwards find the sites (:mod:`.sites`); a site that
+is a module called once is replaced where it is; a module called at several lines or in a loop
+over different layers, and a functional call, get new modules on the module whose method makes
+the call, and that method is rewritten to call them (:mod:`.rewrite`). Output clamps (an
+activation whose output no layer consumes) and frozen layers keep their stock activation.
 """
 import contextlib
 import copy
@@ -249,11 +249,12 @@ def convert_activations(model: nn.Module,
         frozen (str): ``'keep'``: sites whose layer is frozen (``requires_grad=False``, e.g.
             ``frozen_stages``) keep their stock activation; ``'convert'``: convert them too.
             Defaults to ``'keep'``.
-        clamps (str): ``'keep'``: sites whose output no layer of the traced forward consumes
+        clamps (str): ``'keep'``: sites whose output no layer of the traced forwards consumes
             keep their stock activation; ``'convert'``: convert them too (for a part of a
             model, whose outputs feed layers outside the trace). Defaults to ``'keep'``.
         inputs (Any, optional): Positional arguments of one trace forward; None for an mmdet
-            detector: one ``trace_size`` image through ``_forward`` (tensor mode).
+            detector: one ``trace_size`` image through ``_forward`` (tensor mode) and
+            ``predict``.
         trace_size (int): Side of the detectors' trace image. Defaults to 64.
         names (dict, optional): Per class that defines the calling method, default site name
             -> name to use (None drops the call). Used to keep the ``Act*`` components' names.
@@ -268,8 +269,9 @@ def convert_activations(model: nn.Module,
     _check_model(model)
     if act_cfg is not None:
         build_site_act(act_cfg, 4)  # an unknown type or bad argument fails before any change
-    runs = input_runs(model, inputs) if inputs is not None else detector_runs(model, trace_size)
-    calls, feeding = _trace(model, runs)
+    attempts = (input_runs(model, inputs) if inputs is not None else
+                detector_runs(model, trace_size))
+    calls, feeding = _trace(model, attempts)
     sites = group_sites(calls, feeding, lambda c: in_loop(c.code, c.position))
     plans = _plan(model, sites, names or {})
     called = {id(call.module) for call in calls if call.module is not None}
@@ -288,16 +290,30 @@ def convert_activations(model: nn.Module,
     return report
 
 
-def _trace(model: nn.Module, runs: List[Tuple[str, Callable[[], object]]]):
-    """The first trace forward of ``runs`` that succeeds; the model's modes, its buffers and
-    the global RNG are as before."""
+def _trace(model: nn.Module, attempts: List[List[Tuple[str, Callable[[], object]]]]):
+    """The calls of every run of the first attempt in which any run succeeds, as one trace
+    (tensor mode and ``predict``: a call that only one of them makes, or an output that only
+    post-processing consumes, counts); the model's modes, its buffers and the global RNG are
+    as before."""
     errors = []
-    for description, run in runs:
-        with untouched(model):
-            try:
-                return trace_activations(model, run)
-            except Exception as error:  # the next way to run it may work
-                errors.append(f'{description}: {error!r}')
+    for attempt in attempts:
+        calls, feeding, traced = [], set(), False
+        for description, run in attempt:
+            with untouched(model):
+                try:
+                    run_calls, run_feeding = trace_activations(model, run)
+                except Exception as error:  # another way to run it may work
+                    errors.append(f'{description}: {error!r}')
+                    continue
+            traced = True
+            offset = 1 + max((c.invocation for c in calls), default=-1)
+            for call in run_calls:  # invocations count per run: keep them apart
+                if call.invocation >= 0:  # -1: made by torch's code, grouped by module
+                    call.invocation += offset
+            calls += run_calls
+            feeding |= run_feeding
+        if traced:
+            return calls, feeding
     raise RuntimeError('convert_activations: the trace forward failed (' + '; '.join(errors)
                        + '); pass inputs=(...) or another trace_size')
 

@@ -16,10 +16,10 @@ _TRACE_PROPOSALS = 8
 _LARGER_TRACES = (4, 8)
 
 
-def detector_runs(model: nn.Module, size: int) -> List[Run]:
-    """Ways to run an mmdet detector once on a random ``size`` image, tried in order: mmdet's
-    tensor mode (backbone, neck and every head's forward), then ``predict`` (for detectors whose
-    tensor mode needs ground truth); each at ``size``, then at a larger size."""
+def detector_runs(model: nn.Module, size: int) -> List[List[Run]]:
+    """Ways to run an mmdet detector on a random ``size`` image: mmdet's tensor mode (backbone,
+    neck and every head's forward) and ``predict`` (post-processing too, and detectors whose
+    tensor mode needs ground truth); then both at a larger size, in case neither works."""
     try:
         from mmdet.models.detectors import BaseDetector
     except ImportError:
@@ -28,14 +28,16 @@ def detector_runs(model: nn.Module, size: int) -> List[Run]:
         raise TypeError(
             f'convert_activations: {type(model).__name__} is not an mmdet detector; pass '
             'inputs=(...) (the positional arguments of one forward) to trace it')
-    runs = []
+    attempts = []
     for side in (size, ) + tuple(size * k for k in _LARGER_TRACES):
         images, samples = _detector_inputs(model, side)
-        runs.append((f'_forward at {side} px', _few_proposals(
-            model, lambda i=images, s=samples: model._forward(i, s))))
-        runs.append((f'predict at {side} px', _few_proposals(
-            model, lambda i=images, s=samples: model.predict(i, s))))
-    return runs
+        attempts.append([
+            (f'_forward at {side} px',
+             _few_proposals(model, lambda i=images, s=samples: model._forward(i, s))),
+            (f'predict at {side} px',
+             _few_proposals(model, lambda i=images, s=samples: model.predict(i, s))),
+        ])
+    return attempts
 
 
 def _detector_inputs(model: nn.Module, size: int):
@@ -67,7 +69,7 @@ def _few_proposals(model: nn.Module, run: Callable[[], object]) -> Callable[[], 
     return limited
 
 
-def input_runs(model: nn.Module, inputs) -> List[Run]:
+def input_runs(model: nn.Module, inputs) -> List[List[Run]]:
     """One run: ``model(*inputs)``, its floating-point tensors made to require grad."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs, )
 
@@ -79,7 +81,7 @@ def input_runs(model: nn.Module, inputs) -> List[Run]:
         return x
 
     inputs = with_grad(inputs)
-    return [('model(*inputs)', lambda: model(*inputs))]
+    return [[('model(*inputs)', lambda: model(*inputs))]]
 
 
 @contextlib.contextmanager
