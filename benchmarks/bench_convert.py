@@ -21,6 +21,7 @@ CONFIGS = (
     'mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
     'hrnet/faster-rcnn_hrnetv2p-w32-1x_coco.py',
     'swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
+    'solov2/solov2_r50_fpn_1x_coco.py',
 )
 
 
