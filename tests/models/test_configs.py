@@ -134,7 +134,8 @@ def test_frelu_configs(det, sites):
     """Table 3's F-ReLU row: a funnel unit at every site (the box head's fc sites included, as
     1 x 1 funnels), GroupNorm in every funnel condition, no ReLU module left."""
     from pwlu_mmdet.layers import FReLU
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', f'{det}_r50-scratch_fpn_gn-all-frelu_3x_coco.py'))
+    cfg = Config.fromfile(
+        osp.join(ROOT, 'configs', f'{det}_r50-scratch_fpn_gn-all-frelu_3x_coco.py'))
     model = MODELS.build(cfg.model)
     frelus = [m for m in model.modules() if isinstance(m, FReLU)]
     assert len(frelus) == sites and act_counts(model) == {'FReLU': sites}

@@ -119,6 +119,42 @@ def test_functional_site_on_tokens_is_channels_last():
     assert torch.equal(y, model.fc2(rows))
 
 
+class DynamicHead(nn.Module):
+    """Per-instance kernels computed from the input (CondInst style, with and without autograd
+    history, as post-processing detaches them) beside a weight-standardized conv."""
+
+    def __init__(self, detach):
+        super().__init__()
+        self.detach = detach
+        self.controller = nn.Linear(4, 2 * 4 * 4)
+        self.conv_ws = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        weight = self.conv_ws.weight
+        weight = (weight - weight.mean((1, 2, 3), keepdim=True)) / weight.std()
+        x = F.relu(F.conv2d(x, weight, self.conv_ws.bias))  # a fixed layer: converted
+        kernels = self.controller(x.mean((2, 3)))  # (N instances, 2 x 4 x 4)
+        if self.detach:
+            kernels = kernels.detach()
+        n = x.shape[0]
+        feats = x.reshape(1, n * 4, *x.shape[2:])
+        first, second = kernels.split(16, dim=1)
+        y = F.relu(F.conv2d(feats, first.reshape(n * 4, 4, 1, 1), groups=n))  # kept: dynamic
+        return F.conv2d(y, second.reshape(n * 4, 4, 1, 1), groups=n)
+
+
+@pytest.mark.parametrize('detach', [False, True])
+def test_activation_between_dynamic_convs_is_kept(detach):
+    model = DynamicHead(detach)
+    x = torch.randn(3, 4, 5, 5)
+    report = convert_activations(model, dict(type='PWLU'), inputs=x)
+    assert [(e.kind, e.channels, e.action) for e in report] == [
+        ('functional', 4, 'converted'), ('functional', 12, 'dynamic')]
+    realign_model(model)
+    model.eval()
+    assert model(torch.randn(5, 4, 5, 5)).shape == (1, 20, 5, 5)  # another instance count
+
+
 def test_include_exclude():
     report = convert_activations(Net(), dict(type='PWLU'), inputs=inputs(), exclude=['act3'])
     assert [e.action for e in report if e.path.startswith('act3')] == []

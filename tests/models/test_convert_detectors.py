@@ -14,6 +14,7 @@ import torch
 pytest.importorskip('mmdet')
 
 import mmdet  # noqa: E402
+from mmdet.models.detectors import CondInst  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.testing import demo_mm_inputs  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
@@ -52,7 +53,20 @@ FAMILIES = {
     'mask-rcnn_swin-t': ('swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', 20, 20, False),
     # Its mask features' activation feeds only the dynamic convs of post-processing (predict).
     'solov2_r50': ('solov2/solov2_r50_fpn_1x_coco.py', 65, 55, True),
+    # Kept: output clamps, the box distances (FSAF: 1, and 10 frozen; RTMDet-Ins: 3, one per
+    # level), and the activations between the per-instance dynamic convs of the mask heads
+    # (RTMDet-Ins: 2; CondInst: 2, and 10 frozen; its tensor mode needs ground truth).
+    'fsaf_r50': ('fsaf/fsaf_r50_fpn_1x_coco.py', 58, 47, True),
+    'rtmdet-ins-s': ('rtmdet/rtmdet-ins_s_8xb32-300e_coco.py', 91, 86, False),
+    'condinst_r50': ('condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py', 67, 55, True),
+    # Traced at 4x and 8x the 64 px image (DINO picks 900 queries among the tokens; SSD's last
+    # convs need 300 px).
+    'dino-4scale_r50': ('dino/dino-4scale_r50_8xb2-12e_coco.py', 76, 66, True),
+    'ssd300': ('ssd/ssd300_coco.py', 23, 23, True),
 }
+# Image side of the tests' forwards, where 64 px is too small.
+SIZES = {'dino-4scale_r50': 256, 'ssd300': 320}
+INSTANCE_SEGMENTATION = ('mask', 'solo', 'rtmdet-ins', 'condinst')
 SIZE = 64
 
 
@@ -75,24 +89,36 @@ def build(config):
     model = Config.fromfile(osp.join(MMDET_CONFIGS, config)).model
     few_rois(model.get('train_cfg'))
     few_rois(model.get('test_cfg'))
+    model.backbone.init_cfg = None  # no pre-trained weights to download
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('mmdet'):
-        return MODELS.build(model)
+        model = MODELS.build(model)
+        # Some parameters are torch.Tensor(n), uninitialised memory, until init_weights (DINO's
+        # level embeddings, SSD's L2Norm): the same model twice must be the same weights.
+        model.init_weights()
+    return model
 
 
-def eval_batch(model):
-    packed = demo_mm_inputs(1, [(3, SIZE, SIZE)], num_items=[1])
+def eval_batch(model, size=SIZE):
+    packed = demo_mm_inputs(1, [(3, size, size)], num_items=[1])
     torch.manual_seed(1)
-    packed['inputs'] = [torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8)]
+    packed['inputs'] = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8)]
     return model.data_preprocessor(packed, False)
 
 
-def tensor_outputs(model):
-    """Every tensor of one eval ``_forward`` (tensor mode) on a fixed image."""
-    data = eval_batch(model)
+def eval_forward(model, data):
+    """Tensor mode, or ``predict`` for a detector whose tensor mode needs ground truth."""
+    if isinstance(model, CondInst):
+        return model.predict(data['inputs'], data['data_samples'])
+    return model._forward(data['inputs'], data['data_samples'])
+
+
+def tensor_outputs(model, size=SIZE):
+    """Every tensor of one eval forward (:func:`eval_forward`) on a fixed image."""
+    data = eval_batch(model, size)
     model.eval()
     with torch.no_grad():
-        out = model._forward(data['inputs'], data['data_samples'])
+        out = eval_forward(model, data)
     flat = []
 
     def collect(obj):
@@ -105,12 +131,16 @@ def tensor_outputs(model):
             for item in obj.values():
                 collect(item)
 
+        elif hasattr(obj, 'all_items'):  # predict's DetDataSample and InstanceData
+            for _, item in sorted(obj.all_items(), key=lambda kv: kv[0]):
+                collect(item)
+
     collect(out)
     return flat
 
 
-def train_step(model, with_mask):
-    packed = demo_mm_inputs(1, [(3, SIZE, SIZE)], num_items=[2], num_classes=80,
+def train_step(model, with_mask, size=SIZE):
+    packed = demo_mm_inputs(1, [(3, size, size)], num_items=[2], num_classes=80,
                             with_mask=with_mask)
     model.train()
     # training=False: no batch augments (YOLOX's would resize to hundreds of pixels).
@@ -130,14 +160,15 @@ def kept_sources(report):
 @pytest.mark.parametrize('family', list(FAMILIES))
 def test_stock_detector(family):
     config, num_sites, num_converted, all_relu = FAMILIES[family]
+    size = SIZES.get(family, SIZE)
     stock = build(config)
-    expected = tensor_outputs(stock)
+    expected = tensor_outputs(stock, size)
 
     same = build(config)
     report = convert_activations(same, None)
     assert (len(report), len(report.converted)) == (num_sites, num_converted), str(report)
     assert list(same.state_dict()) == list(stock.state_dict())
-    got = tensor_outputs(same)
+    got = tensor_outputs(same, size)
     assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
 
     model = build(config)
@@ -157,19 +188,18 @@ def test_stock_detector(family):
     assert not unexpected
     assert {k.rsplit('.', 1)[0] for k in missing} == set(layers)
     if all_relu:
-        got = tensor_outputs(model)
+        got = tensor_outputs(model, size)
         assert all(torch.equal(a, b) for a, b in zip(got, expected))
     # Only the kept sites (frozen stages, output clamps) still run a stock activation.
     model.eval()
-    data = eval_batch(model)
-    calls, _ = trace_activations(model, lambda: model._forward(data['inputs'],
-                                                               data['data_samples']))
+    data = eval_batch(model, size)
+    calls, _ = trace_activations(model, lambda: eval_forward(model, data))
     assert {f'{c.code.co_filename}:{c.position[0]}' for c in calls} <= kept_sources(report)
 
-    with_mask = 'mask' in config or 'solo' in config
-    train_step(model, with_mask)  # phase I: ReLU with statistics
+    with_mask = any(key in config for key in INSTANCE_SEGMENTATION)
+    train_step(model, with_mask, size)  # phase I: ReLU with statistics
     realign_model(model)
-    train_step(model, with_mask)  # phase II: the op at every site, channels-last ones included
+    train_step(model, with_mask, size)  # phase II: the op at every site, channels-last included
     grads = [m.points.grad for m in layers.values()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 

@@ -161,7 +161,9 @@ def _apply_options(plans: List[_Plan], unreached: List[str], include, exclude, f
     """Set each plan's action; returns the unreached modules that the options select."""
     for plan in plans:
         paths = plan.paths() + [plan.stock_path(stock_paths)]
-        if clamps == 'keep' and not plan.site.consumed:
+        if plan.site.dynamic:
+            plan.action = 'dynamic'
+        elif clamps == 'keep' and not plan.site.consumed:
             plan.action = 'clamp'
         elif frozen == 'keep' and _frozen(plan.site):
             plan.action = 'frozen'

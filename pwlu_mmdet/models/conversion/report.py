@@ -25,7 +25,8 @@ class SiteEntry:
         stock (str): The stock activation (``ReLU``, ``F.relu`` ...).
         source (str): ``file:line`` of the call.
         action (str): ``'converted'``, or why it was kept: ``'clamp'`` (no layer consumes the
-            output), ``'frozen'`` (its layer's parameters are frozen), ``'excluded'``.
+            output), ``'frozen'`` (its layer's parameters are frozen), ``'dynamic'`` (its input
+            comes from a dynamic conv: instances x channels wide), ``'excluded'``.
     """
     path: str
     kind: str

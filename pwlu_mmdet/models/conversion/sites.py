@@ -80,6 +80,10 @@ class ActivationCall:
     shape: Tuple[int, ...]
     # The output's autograd node when it was returned (None: no output seen or no graph).
     node: Optional[object] = None
+    # The function (``conv2d``, ``linear`` ...) whose output the input is, where that is a
+    # dynamic layer (weights computed from the image, e.g. CondInst's mask head): its width is
+    # instances x channels, not a fixed width. Empty otherwise.
+    dynamic: str = ''
 
     @property
     def in_torch(self) -> bool:
@@ -98,6 +102,7 @@ class Site:
         channel_axis (int): 1 for ``(N, C, ...)`` maps, -1 for channels-last tokens.
         consumed (bool): Whether a layer consumed the output (False: an output clamp).
         loop (bool): Whether the call sits in a loop whose iterations feed different layers.
+        dynamic (bool): Whether a dynamic conv or linear produced the input.
     """
     calls: List[ActivationCall]
     count: int
@@ -105,6 +110,7 @@ class Site:
     channel_axis: int
     consumed: bool
     loop: bool
+    dynamic: bool = False
 
     @property
     def first(self) -> ActivationCall:
@@ -151,6 +157,9 @@ class _Tracer(TorchFunctionMode):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model_modules = {id(m) for m in model.modules()}
+        self.parameters = {id(p) for p in model.parameters()}
+        self.buffers = {id(b) for b in model.buffers()}
+        self.dynamic_outputs: Dict[int, str] = {}  # outputs of dynamic layers: their function
         self.calls: List[ActivationCall] = []
         self.producers: Dict[int, nn.Module] = {}
         self.layer_inputs: List[torch.Tensor] = []
@@ -176,9 +185,32 @@ class _Tracer(TorchFunctionMode):
             invocation = self._invocation(frame)
         self.keep.append(x)
         call = ActivationCall(module, function, kwargs, code, position, owner, invocation,
-                              self.producers.get(id(x)), self.last_layer, tuple(x.shape))
+                              self.producers.get(id(x)), self.last_layer, tuple(x.shape),
+                              dynamic=self.dynamic_outputs.get(id(x), ''))
         self.calls.append(call)
         return call
+
+    def _computed_from_input(self, weight) -> bool:
+        """Whether a functional layer's weight was computed from the traced input (a dynamic
+        conv), rather than being a parameter or buffer or computed from parameters alone
+        (weight standardization). Post-processing detaches what it computes from the input
+        (CondInst's and RTMDet-Ins' kernels): a weight without history that the model does not
+        hold is taken as computed from it."""
+        if not isinstance(weight, torch.Tensor) or id(weight) in self.parameters:
+            return False
+        if weight.grad_fn is None:
+            return id(weight) not in self.buffers
+        stack, seen = [weight.grad_fn], set()
+        while stack:  # the autograd graph back to its leaves: parameters, or the input
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            leaf = getattr(node, 'variable', None)
+            if leaf is not None and id(leaf) not in self.parameters:
+                return True
+            stack.extend(next_node for next_node, _ in node.next_functions)
+        return False
 
     def pre_hook(self, module, args):
         if id(module) not in self.model_modules:
@@ -213,6 +245,10 @@ class _Tracer(TorchFunctionMode):
         name = getattr(func, '__name__', None)
         if name in _FUNCTIONAL_LAYERS and not self.inside:  # e.g. dynamic convs (CondInst)
             self.layer_inputs.extend(_flatten_tensors(args[:1], []))
+            weight = args[1] if len(args) > 1 else kwargs.get('weight')
+            if isinstance(out, torch.Tensor) and self._computed_from_input(weight):
+                self.dynamic_outputs[id(out)] = name
+                self.keep.append(out)
         if (not self.inside and name in FUNCTIONAL_ACTIVATIONS and args
                 and isinstance(args[0], torch.Tensor)):
             call = self._record(None, name, dict(kwargs, **_positional_kwargs(name, args)),
@@ -291,6 +327,8 @@ def _channel_axis(call: ActivationCall) -> int:
     # Tokens (B, L, C) from a Linear are channels-last; maps, rows and Conv1d outputs are not.
     if len(call.shape) <= 2:
         return 1
+    if call.dynamic:
+        return -1 if call.dynamic == 'linear' else 1
     for module in (call.producer, call.layer):
         if isinstance(module, nn.Linear):
             return -1
@@ -335,6 +373,7 @@ def group_sites(calls: List[ActivationCall], feeding: set,
             raise ValueError(f'{_where(group[0])}: a loop that runs {sorted(set(per_run))} '
                              'times in different calls; its sites cannot be numbered')
         count = per_run[0] if loop else 1
+        dynamic = any(bool(c.dynamic) for c in group)
         channels = []
         axes = set()
         for k in range(count):
@@ -342,12 +381,14 @@ def group_sites(calls: List[ActivationCall], feeding: set,
             axis = {_channel_axis(c) for c in members}
             width = {c.shape[next(iter(axis))] if c.shape else 0 for c in members}
             axes |= axis
+            if dynamic:  # instances x channels: the width of the first call, for the report
+                width = {next(iter(width))}
             if len(width) != 1 or len(axis) != 1:
                 raise ValueError(f'{_where(group[0])}: one site sees inputs of shapes '
                                  f'{sorted({c.shape for c in members})}')
             channels.append(width.pop())
         consumed = any(c.node is None or c.node in feeding for c in group)
-        sites.append(Site(group, count, channels, axes.pop(), consumed, loop))
+        sites.append(Site(group, count, channels, axes.pop(), consumed, loop, dynamic))
     return sites
 
 

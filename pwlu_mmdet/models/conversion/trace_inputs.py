@@ -8,9 +8,12 @@ from torch import nn
 __all__ = ['detector_runs', 'input_runs', 'untouched']
 
 Run = Tuple[str, Callable[[], object]]
-# The RoI heads' sites do not depend on how many proposals they see; a few keep the trace of a
-# cascade's mask heads (1000 RoIs per stage by default) from taking seconds.
-_TRACE_PROPOSALS = 8
+# Post-processing settings (``test_cfg``) during the trace. Without score thresholds it runs on
+# candidates whatever the weights (mmdet's prior-probability init scores every box below 0.05),
+# so that what it applies to them is traced (the dynamic mask kernels of CondInst, RTMDet-Ins,
+# SOLOv2). The heads' sites do not depend on how many proposals or detections they see; a few
+# keep the trace of a cascade's mask heads (1000 RoIs per stage by default) quick.
+_TRACE_SETTINGS = {'score_thr': 0., 'filter_thr': 0., 'max_per_img': 8}
 # Larger trace images, tried in turn where the first fails: query-based detectors pick their
 # top-k queries among the encoder's tokens (DINO: 900, at 4x), SSD's last convs need 300 px.
 _LARGER_TRACES = (4, 8)
@@ -33,9 +36,9 @@ def detector_runs(model: nn.Module, size: int) -> List[List[Run]]:
         images, samples = _detector_inputs(model, side)
         attempts.append([
             (f'_forward at {side} px',
-             _few_proposals(model, lambda i=images, s=samples: model._forward(i, s))),
+             _trace_settings(model, lambda i=images, s=samples: model._forward(i, s))),
             (f'predict at {side} px',
-             _few_proposals(model, lambda i=images, s=samples: model.predict(i, s))),
+             _trace_settings(model, lambda i=images, s=samples: model.predict(i, s))),
         ])
     return attempts
 
@@ -53,20 +56,36 @@ def _detector_inputs(model: nn.Module, size: int):
     return images, [DetDataSample(metainfo=meta)]
 
 
-def _few_proposals(model: nn.Module, run: Callable[[], object]) -> Callable[[], object]:
-    rpn_cfg = getattr(getattr(model, 'rpn_head', None), 'test_cfg', None)
-    if not isinstance(rpn_cfg, dict) or 'max_per_img' not in rpn_cfg:
+def _trace_settings(model: nn.Module, run: Callable[[], object]) -> Callable[[], object]:
+    """``run`` with the post-processing settings of the trace, restored after."""
+    overrides, seen = [], set()  # (config dict, key, value during the trace)
+    for module in model.modules():
+        _find_settings(getattr(module, 'test_cfg', None), overrides, seen)
+    if not overrides:
         return run
 
-    def limited():
-        saved = rpn_cfg['max_per_img']
-        rpn_cfg['max_per_img'] = _TRACE_PROPOSALS
+    def with_overrides():
+        saved = [(cfg, key, cfg[key]) for cfg, key, _ in overrides]
+        for cfg, key, value in overrides:
+            cfg[key] = value
         try:
             return run()
         finally:
-            rpn_cfg['max_per_img'] = saved
+            for cfg, key, value in reversed(saved):
+                cfg[key] = value
 
-    return limited
+    return with_overrides
+
+
+def _find_settings(cfg, overrides: list, seen: set) -> None:
+    if not isinstance(cfg, dict) or id(cfg) in seen:
+        return
+    seen.add(id(cfg))
+    for key, value in cfg.items():
+        if key in _TRACE_SETTINGS and isinstance(value, (int, float)):
+            overrides.append((cfg, key, min(value, _TRACE_SETTINGS[key])))
+        else:
+            _find_settings(value, overrides, seen)
 
 
 def input_runs(model: nn.Module, inputs) -> List[List[Run]]:
