@@ -44,17 +44,22 @@ def build_steps(args, activation: str):
     import torch
     from mmdet.testing import demo_mm_inputs
     from mmdet.utils import register_all_modules
-    from mmengine.config import Config
+    from mmengine.config import DictAction
     from mmengine.logging import MMLogger
     from mmengine.registry import MODELS
 
     import pwlu_mmdet.models  # noqa: F401  (registers the components)
+    from pwlu_mmdet.apis import read_config
     from pwlu_mmdet.layers import realign_model
 
     register_all_modules()
     torch.manual_seed(0)
     device = torch.device(args.device)
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)  # a file, or mmdet::... (a stock detector, converted)
+    if args.cfg_options:
+        options = argparse.Namespace()
+        DictAction([], 'cfg_options')(None, options, args.cfg_options)
+        cfg.merge_from_dict(options.cfg_options)
     cfg.model.act_cfg = dict(type=activation)
     model = MODELS.build(cfg.model).to(device)
     num_classes = _num_classes(cfg.model)
@@ -147,6 +152,8 @@ def _num_classes(model_cfg) -> int:
         if head is None:
             continue
         head = head.get('bbox_head', head)
+        if isinstance(head, (list, tuple)):  # a cascade's stages
+            head = head[0]
         return head['num_classes']
     return 80
 
@@ -158,6 +165,8 @@ def run_child(args, activation: str) -> dict:
            str(args.repeat), '--warmup', str(args.warmup)]
     if not args.with_mask:
         cmd.append('--no-mask')
+    if args.cfg_options:
+        cmd += ['--cfg-options', *args.cfg_options]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f'{activation} failed:\n{out.stderr[-3000:]}')
@@ -205,6 +214,9 @@ def parse_args(argv=None):
                         help='subprocess rounds; times are medians over rounds')
     parser.add_argument('--interleaved', action='store_true',
                         help='all activations in one process, steps interleaved (no memory)')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='config overrides as in tools/train.py, e.g. '
+                        'model.data_preprocessor.batch_augments=None')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -8,6 +8,8 @@
 #   MODELS=1 bash tools/gpu_check.sh         # also whole-model numbers: Table 4 (ResNet-18,
 #                                            # torch only) and, where mmdet imports, bench_model
 #                                            # for the quick-start model and Mask R-CNN R50 at 800 px
+#   MODELS=1 STOCK=1 bash tools/gpu_check.sh # also stock Cascade Mask R-CNN, FCOS and YOLOX-s,
+#                                            # converted by model.act_cfg (a few minutes more)
 #   BASELINE=path/to/other/tree bash tools/gpu_check.sh
 #                                            # also builds and benchmarks a second source tree
 #                                            # (e.g. `git archive` of an earlier commit): before /
@@ -79,13 +81,23 @@ if [ "${MODELS:-0}" = 1 ]; then
     || { log "TABLE 4 FAILED"; tail -5 "$OUT/table4.log"; }
   if PYTHONPATH=$ROOT$SITE $PY -c "import mmdet" 2>/dev/null; then
     : > "$OUT/models.md"
-    for spec in "configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py 128 128 8" \
-        "configs/mask_rcnn/mask-rcnn_r50-scratch_fpn_gn-all-pwlu_3x_coco.py 800 1216 2"; do
-      read -r config h w batch <<< "$spec"
+    # Ours with ReLU, Swish and PWLU; with STOCK=1 also stock mmdet detectors converted by
+    # model.act_cfg, ReLU against PWLU (YOLOX without its random multi-scale resize).
+    specs=("configs/synthetic/mask-rcnn_r18-tiny_fpn_gn-all-pwlu_synthetic.py 128 128 8"
+      "configs/mask_rcnn/mask-rcnn_r50-scratch_fpn_gn-all-pwlu_3x_coco.py 800 1216 2")
+    if [ "${STOCK:-0}" = 1 ]; then
+      no_resize=model.data_preprocessor.batch_augments=None
+      specs+=("mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py 800 1216 2 --activations ReLU PWLU"
+        "mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py 800 1216 2 --activations ReLU PWLU --no-mask"
+        "mmdet::yolox/yolox_s_8xb8-300e_coco.py 640 640 8 --activations ReLU PWLU --no-mask --cfg-options $no_resize")
+    fi
+    for spec in "${specs[@]}"; do
+      read -r config h w batch extra <<< "$spec"
       log "bench_model $config"
+      # shellcheck disable=SC2086  # $extra: options, split on purpose
       PYTHONPATH=$ROOT$SITE timeout 300 $PY "${with_ops[@]}" benchmarks/bench_model.py "$config" \
         --device cuda --interleaved --image-size "$h" "$w" --batch-size "$batch" --repeat 20 \
-        --warmup 5 2>> "$OUT/models.log" | tee -a "$OUT/models.md" | tail -8 \
+        --warmup 5 $extra 2>> "$OUT/models.log" | tee -a "$OUT/models.md" | tail -8 \
         || { log "BENCH_MODEL FAILED"; tail -5 "$OUT/models.log"; }
     done
   else

@@ -36,6 +36,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
+def read_config(path: str) -> Config:
+    """A config file, or a config of an installed package (``mmdet::fcos/...py``)."""
+    return get_config(path) if '::' in path else Config.fromfile(path)
+
+
 def load_config(args: argparse.Namespace) -> Config:
     """The config with ``--cfg-options`` merged, the launcher and the work dir (CLI > config >
     ``./work_dirs/<config name>``); sets ``LOCAL_RANK`` from ``--local-rank`` if unset.
@@ -45,7 +50,7 @@ def load_config(args: argparse.Namespace) -> Config:
     """
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
-    cfg = get_config(args.config) if '::' in args.config else Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

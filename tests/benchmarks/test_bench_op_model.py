@@ -96,3 +96,19 @@ def test_bench_model_runs_each_activation():
     assert all(r['train_ms'] > 0 and r['inference_ms'] > 0 for r in interleaved.values())
     assert interleaved['ReLU']['train_ratio'] == 1.0
     assert interleaved['PWLU']['train_ratio'] > 0 and interleaved['PWLU']['inference_ratio'] > 0
+
+
+@pytest.mark.slow
+def test_bench_model_converts_a_stock_detector_with_config_overrides():
+    """``mmdet::`` configs (a stock detector, converted by ``model.act_cfg``) and
+    ``--cfg-options``, in this process and passed on to the child processes."""
+    bench = load_script('benchmarks/bench_model.py')
+    args = bench.parse_args([
+        'mmdet::yolox/yolox_s_8xb8-300e_coco.py', '--repeat', '1', '--warmup', '0',
+        '--activations', 'ReLU', 'PWLU', '--image-size', '64', '64', '--batch-size', '1',
+        '--no-mask', '--cfg-options', 'model.data_preprocessor.batch_augments=None',
+        'model.backbone.deepen_factor=0.67'])
+    interleaved = bench.measure_interleaved(args, ['ReLU', 'PWLU'])
+    # YOLOX-s has 74 sites; twice its CSP blocks in the backbone, 90.
+    assert interleaved['PWLU']['num_pwlu'] == 90 and interleaved['ReLU']['num_pwlu'] == 0
+    assert bench.run_child(args, 'PWLU')['num_pwlu'] == 90
