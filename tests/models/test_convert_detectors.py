@@ -214,7 +214,7 @@ STATE = ('running_mean', 'running_std', 'channel_batches_tracked')
 
 
 def _features(model, images):
-    return [f for f in model.extract_feat(images)]
+    return list(model.extract_feat(images))
 
 
 def _step(fn, model, images):

@@ -12,7 +12,7 @@ import os.path as osp
 import sys
 from collections import defaultdict
 from types import CodeType, FrameType
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -200,16 +200,10 @@ class _Tracer(TorchFunctionMode):
             return False
         if weight.grad_fn is None:
             return id(weight) not in self.buffers
-        stack, seen = [weight.grad_fn], set()
-        while stack:  # the autograd graph back to its leaves: parameters, or the input
-            node = stack.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
+        for node in _graph_nodes([weight.grad_fn]):  # back to the leaves: parameters, input
             leaf = getattr(node, 'variable', None)
             if leaf is not None and id(leaf) not in self.parameters:
                 return True
-            stack.extend(next_node for next_node, _ in node.next_functions)
         return False
 
     def pre_hook(self, module, args):
@@ -312,15 +306,19 @@ def trace_activations(model: nn.Module, run: Callable[[], object]
 
 
 def _nodes_feeding(inputs: List[torch.Tensor]) -> set:
-    seen = set()
-    stack = [t.grad_fn for t in inputs if t.grad_fn is not None]
+    return set(_graph_nodes(t.grad_fn for t in inputs))
+
+
+def _graph_nodes(roots: Iterable) -> Iterator:
+    """Every autograd node that ``roots`` reach backwards (themselves included), once each."""
+    seen, stack = set(), list(roots)
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
+        yield node
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return seen
 
 
 def _channel_axis(call: ActivationCall) -> int:
