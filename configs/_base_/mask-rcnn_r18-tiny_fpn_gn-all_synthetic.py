@@ -4,7 +4,7 @@
 # iterations; PWLU variants realign after `pwlu_realign_iter` iterations.
 _base_ = [
     './models/mask-rcnn_r50-scratch_fpn_gn-all.py', './synthetic_shapes_instance.py',
-    './schedules/synthetic_400.py', 'mmdet::_base_/default_runtime.py'
+    './synthetic_runtime.py'
 ]
 
 num_classes = 4
@@ -34,13 +34,3 @@ model = dict(
     test_cfg=dict(
         rpn=dict(nms_pre=300, max_per_img=50),
         rcnn=dict(max_per_img=20)))
-
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval={{_base_.max_iters}}),
-    visualization=dict(type='DetVisualizationHook'))
-log_processor = dict(by_epoch=False, window_size=20)
-# A fixed seed (initialisation, sampling order, augmentation): the quick start gives the same
-# numbers on every run on the same machine (CPU kernels, this op's sums included, are
-# deterministic for a given thread count). `--cfg-options randomness.seed=N` tries another seed.
-randomness = dict(seed=0)

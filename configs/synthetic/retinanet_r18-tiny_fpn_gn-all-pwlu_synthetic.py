@@ -3,8 +3,7 @@
 # sites on five FPN levels per step; tools/analysis/realign_levels.py measures on it.
 _base_ = [
     '../_base_/models/retinanet_r50-scratch_fpn_gn-all.py',
-    '../_base_/synthetic_shapes_instance.py', '../_base_/schedules/synthetic_400.py',
-    'mmdet::_base_/default_runtime.py'
+    '../_base_/synthetic_shapes_instance.py', '../_base_/synthetic_runtime.py'
 ]
 
 norm_cfg = dict(type='GN', num_groups=8, requires_grad=True)
@@ -20,10 +19,3 @@ model = dict(
 optim_wrapper = dict(optimizer=dict(lr=0.01))
 val_evaluator = dict(metric='bbox')
 test_evaluator = val_evaluator
-
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval={{_base_.max_iters}}),
-    visualization=dict(type='DetVisualizationHook'))
-log_processor = dict(by_epoch=False, window_size=20)
-randomness = dict(seed=0)
